@@ -1,0 +1,1 @@
+"""Sub-commands of the `crossrec` CLI; every module here exposes ``register(app)``."""

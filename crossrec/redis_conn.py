@@ -1,0 +1,48 @@
+"""Redis connections built from settings, so password and TLS handling live in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from crossrec.settings import Settings
+
+
+def redis_kwargs(settings: Settings) -> dict[str, Any]:
+    """Connection arguments for redis-py, including the secret (never logged)."""
+    cfg = settings.redis
+    kwargs: dict[str, Any] = {"decode_responses": False}
+    if cfg.password is not None:
+        kwargs["password"] = cfg.password.get_secret_value()
+    if cfg.tls:
+        kwargs["ssl_cert_reqs"] = "required"
+        if cfg.tls_ca_cert:
+            kwargs["ssl_ca_certs"] = str(cfg.tls_ca_cert)
+    return kwargs
+
+
+def redis_url(settings: Settings) -> str:
+    """The configured URL, switched to ``rediss://`` when TLS is on."""
+    url = settings.redis.url
+    if settings.redis.tls and url.startswith("redis://"):
+        url = "rediss://" + url[len("redis://") :]
+    return url
+
+
+def redis_client(
+    settings: Settings, *, socket_timeout: float | None = 5.0, pooled: bool = True
+) -> redis.Redis:
+    """A client for the configured Redis; pooled clients share up to ``max_connections`` sockets."""
+    kwargs = redis_kwargs(settings)
+    if not pooled:
+        return redis.Redis.from_url(
+            redis_url(settings), socket_timeout=socket_timeout, single_connection_client=True, **kwargs
+        )
+    pool = redis.ConnectionPool.from_url(
+        redis_url(settings),
+        max_connections=settings.redis.max_connections,
+        socket_timeout=socket_timeout,
+        **kwargs,
+    )
+    return redis.Redis(connection_pool=pool)

@@ -1,0 +1,194 @@
+"""One typed settings object for every part of crossrec.
+
+Values are layered so that a deployment can override only what differs from the
+embedded defaults: built-in defaults < a YAML file < ``CROSSREC_*`` environment
+variables < keyword arguments given in code (tests). Nested fields use ``__`` in
+environment names, e.g. ``CROSSREC_REDIS__URL`` or ``CROSSREC_KAFKA__SASL_PASSWORD``.
+
+Secrets are ``SecretStr`` so that ``repr``/logging never shows them; ``masked_dump``
+is what ``crossrec config show`` prints.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV_VAR = "CROSSREC_CONFIG"
+DEFAULT_CONFIG_FILE = "crossrec.yaml"
+MASK = "********"
+
+
+class RedisSettings(BaseModel):
+    """Where recommendations and Feast's online store live."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    password: SecretStr | None = None
+    tls: bool = False
+    tls_ca_cert: Path | None = None
+    max_connections: int = 32
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 6379
+
+    @property
+    def db(self) -> int:
+        path = urlsplit(self.url).path.strip("/")
+        return int(path) if path else 0
+
+
+class KafkaSettings(BaseModel):
+    """Broker connection, topics and consumer group of the streaming path."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    events_topic: str = "events"
+    items_topic: str = "items"
+    dead_letter_topic: str = "events-dlq"
+    consumer_group: str = "crossrec-recs"
+    partitions: int = 2
+
+    @property
+    def first_server(self) -> tuple[str, int]:
+        host, _, port = self.bootstrap_servers.split(",")[0].strip().rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection arguments shared by every kafka-python client we create."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",")],
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            if self.sasl_password is not None:
+                kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        if self.ssl_cafile:
+            kwargs["ssl_cafile"] = str(self.ssl_cafile)
+        return kwargs
+
+
+class SparkSettings(BaseModel):
+    master: str = "local[2]"
+    driver_memory: str = "6g"
+    shuffle_partitions: int = 4
+
+
+class ServicesSettings(BaseModel):
+    """Local (embedded) services: where their pid and log files go.
+
+    Ports are not repeated here: the local Redis listens on the port of
+    ``redis.url`` and the broker on the first of ``kafka.bootstrap_servers``, so
+    the clients and the servers can never disagree.
+    """
+
+    run_dir: Path = Path("var/run")
+    startup_timeout_s: float = 30.0
+    redis_server_bin: str = "redis-server"
+    tansu_bin: str | None = None
+
+
+class Settings(BaseSettings):
+    """Everything configurable in crossrec, in one place."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CROSSREC_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Path("../shared/data/amazon-art-office")
+    work_dir: Path = Path("var")
+    source_domain: str = "art"
+    target_domain: str = "office"
+    domains: list[str] = Field(default_factory=lambda: ["art", "office"])
+    encoder: Literal["minilm", "smollm2"] = "minilm"
+    top_k: int = Field(default=10, ge=1, le=1000)
+    key_prefix: str = "crossrec"
+    seed: int = 42
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    services: ServicesSettings = Field(default_factory=ServicesSettings)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_has_no_separator(cls, value: str) -> str:
+        if not value or ":" in value:
+            raise ValueError("key_prefix must be non-empty and must not contain ':'")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First source wins: code > environment > YAML file > defaults.
+        yaml_path = config_file_path()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        return tuple(sources)
+
+    def masked_dump(self) -> dict[str, Any]:
+        """A JSON-ready view with every secret (and any password in a URL) masked."""
+        data = self.model_dump(mode="json")
+        data["redis"]["url"] = mask_url_password(self.redis.url)
+        for section, key in (("redis", "password"), ("kafka", "sasl_password")):
+            if data[section][key] is not None:
+                data[section][key] = MASK
+        return data
+
+
+def mask_url_password(url: str) -> str:
+    """Hide the password part of a URL such as ``redis://user:pw@host:6379/0``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def config_file_path() -> Path | None:
+    """The YAML file to read: ``$CROSSREC_CONFIG`` if set (must exist), else ./crossrec.yaml if present."""
+    explicit = os.environ.get(CONFIG_ENV_VAR)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise FileNotFoundError(f"{CONFIG_ENV_VAR}={explicit} does not name a file")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once; tests build their own ``Settings(...)`` instead."""
+    return Settings()
