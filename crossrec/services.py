@@ -75,12 +75,11 @@ class LocalService:
         except (FileNotFoundError, ValueError):
             return None
         try:
-            # Redis rewrites its process title into argv[0] ("redis-server host:port"), so
-            # compare the first whitespace-separated word rather than the first argv entry.
-            cmdline = os.fsdecode(Path(f"/proc/{pid}/cmdline").read_bytes()).replace("\0", " ").split()
+            # Compare the executable, not argv: Redis rewrites its process title at start-up.
+            running = os.path.realpath(f"/proc/{pid}/exe")
         except OSError:
             return None
-        if not cmdline or Path(cmdline[0]).name != Path(self.argv[0]).name:
+        if running != os.path.realpath(self.argv[0]):
             return None
         if _is_zombie(pid):
             return None

@@ -39,6 +39,11 @@ class RedisSettings(BaseModel):
     tls_ca_cert: Path | None = None
     max_connections: int = 32
 
+    def __repr_args__(self):  # type: ignore[override]
+        # A URL may carry a password (redis://user:pw@host); never let repr/str/logging show it.
+        for name, value in super().__repr_args__():
+            yield name, mask_url_password(value) if name == "url" else value
+
     @property
     def host(self) -> str:
         return urlsplit(self.url).hostname or "127.0.0.1"
