@@ -15,6 +15,7 @@ key                                    type    value
 ``{p}:model:current``                  string  the model version that serves now
 ``{p}:item:{domain}:{item_id}``        hash    ``title``, ``category``, ``brand`` (display data)
 ``{p}:history:{user_id}``              list    newest-first JSON ``HistoryEvent``s, capped
+``{p}:seen:{event_id}``                string  marker (with TTL) that the consumer applied an event
 =====================================  ======  ===================================================
 
 A recommendation list is one string written with a single ``SET``, so readers never see half a
@@ -103,6 +104,9 @@ class KeySchema:
 
     def history(self, user_id: str) -> str:
         return f"{self.prefix}:history:{user_id}"
+
+    def seen(self, event_id: str) -> str:
+        return f"{self.prefix}:seen:{event_id}"
 
     def recs_pattern(self, domain: str) -> str:
         """A SCAN pattern over every user's list in a domain (for tooling, not hot paths)."""

@@ -1,0 +1,52 @@
+"""`crossrec stream` (the consumer service) and `crossrec replay` (raw logs -> Kafka)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from crossrec.console import console
+from crossrec.settings import get_settings
+
+
+def stream(
+    max_seconds: float = typer.Option(None, help="Stop after this many seconds (default: run until SIGTERM)."),
+    max_events: int = typer.Option(None, help="Stop after consuming this many messages."),
+    idle_exit_s: float = typer.Option(None, help="Stop when no message arrived for this long."),
+    heartbeat_file: Path = typer.Option(Path("/tmp/crossrec-consumer.alive"), help="Touched every poll (health check)."),
+) -> None:
+    """Consume events and catalogue updates; write fresh top-K lists to Redis; commit after writing."""
+    from crossrec.streaming.consumer import RecsConsumer
+    from crossrec.streaming.scoring import load_scorer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    consumer = RecsConsumer(settings, lambda: load_scorer(settings), heartbeat_file=heartbeat_file)
+    consumer.install_signal_handlers()
+    try:
+        stats = consumer.run(max_seconds=max_seconds, max_events=max_events, idle_exit_s=idle_exit_s)
+    finally:
+        consumer.close()
+    console.print_json(data=stats.as_dict())
+
+
+def replay(
+    input_file: Path = typer.Option(None, "--input", help="Raw events file (JSON lines, .gz ok); default: data_dir/events.jsonl.gz"),
+    limit: int = typer.Option(None, help="Send at most this many events."),
+    rate: float = typer.Option(None, help="Events per second (default: as fast as possible)."),
+    topic: str = typer.Option(None, help="Topic (default: kafka.events_topic)."),
+) -> None:
+    """Replay a raw event log onto Kafka in the event contract (adds event_id, schema_version)."""
+    from crossrec.streaming.replay import replay as run_replay
+
+    settings = get_settings()
+    path = input_file or settings.data_dir / "events.jsonl.gz"
+    sent = run_replay(settings, path, topic=topic, limit=limit, rate_per_s=rate)
+    console.print(f"replayed {sent} events from {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("stream")(stream)
+    app.command("replay")(replay)

@@ -1,0 +1,1 @@
+"""The real-time path: Kafka events in, fresh top-K lists in Redis out."""

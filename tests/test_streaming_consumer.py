@@ -1,0 +1,231 @@
+"""The consumer against a real broker and a real Redis: apply, dead-letter, resume, no duplicates.
+
+The scorer here is a small deterministic implementation of the consumer's own ``Scorer``
+interface (not a stand-in for Kafka or Redis): these tests are about delivery semantics; the real
+model's scoring is tested in the adaptation tests and end to end in test_streaming_e2e.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from crossrec.keys import HistoryEvent, KeySchema, RecItem, RecList
+from crossrec.settings import Settings
+from crossrec.streaming.consumer import RecsConsumer
+
+pytestmark = pytest.mark.integration
+
+
+class CatalogueScorer:
+    """Recommends the target-domain catalogue items the user has not touched, newest added first."""
+
+    def __init__(self, version: str, items: list[str]) -> None:
+        self.version = version
+        self.items = list(items)
+        self.added: list[tuple[str, str, str]] = []
+
+    def recommend(self, history: list[HistoryEvent], k: int) -> list[RecItem]:
+        seen = {h.item_id for h in history}
+        ranked = [i for i in reversed(self.items) if i not in seen][:k]
+        because = history[-1].item_id if history else None
+        return [RecItem(i, 1.0 / (n + 1), because) for n, i in enumerate(ranked)]
+
+    def add_item(self, domain: str, item_id: str, text: str) -> None:
+        self.added.append((domain, item_id, text))
+        if domain == "office":
+            self.items.append(item_id)
+
+
+def _isolated(settings: Settings) -> Settings:
+    """Fresh topics and group per test so tests never read each other's messages."""
+    tag = uuid.uuid4().hex[:8]
+    kafka = settings.kafka.model_copy(
+        update={
+            "events_topic": f"events-{tag}",
+            "items_topic": f"items-{tag}",
+            "dead_letter_topic": f"dlq-{tag}",
+            "consumer_group": f"group-{tag}",
+        }
+    )
+    from crossrec.services import ensure_topics
+
+    isolated = settings.model_copy(update={"kafka": kafka, "top_k": 3})
+    ensure_topics(isolated)
+    return isolated
+
+
+def _event(user: str, domain: str, item: str, ts_ms: int, event_id: str | None = None) -> dict:
+    event = {"user_id": user, "domain": domain, "item_id": item, "event_type": "purchase", "ts": ts_ms, "schema_version": 1}
+    if event_id:
+        event["event_id"] = event_id
+    return event
+
+
+def _produce(settings: Settings, topic: str, values: list[object]) -> None:
+    producer = KafkaProducer(**settings.kafka.client_kwargs())
+    for value in values:
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        producer.send(topic, key=b"k", value=raw)
+    producer.flush()
+    producer.close()
+
+
+def _history(redis_client, settings: Settings, user: str) -> list[HistoryEvent]:
+    raw = redis_client.lrange(KeySchema(settings.key_prefix).history(user), 0, -1)
+    return [HistoryEvent.from_json(r) for r in raw]
+
+
+def _recs(redis_client, settings: Settings, user: str) -> RecList | None:
+    raw = redis_client.get(KeySchema(settings.key_prefix).recs(settings.target_domain, user))
+    return RecList.from_json(raw) if raw else None
+
+
+@pytest.fixture()
+def settings(services_settings: Settings, redis_client) -> Settings:
+    settings = _isolated(services_settings)
+    redis_client.set(KeySchema(settings.key_prefix).current_model(), "m1")
+    return settings
+
+
+def _consumer(settings: Settings, scorer: CatalogueScorer | None) -> RecsConsumer:
+    return RecsConsumer(settings, lambda: scorer, poll_timeout_ms=200)
+
+
+def test_events_become_history_and_fresh_lists(settings: Settings, redis_client) -> None:
+    scorer = CatalogueScorer("m1", ["o1", "o2", "o3", "o4"])
+    _produce(settings, settings.kafka.events_topic, [
+        _event("u1", "art", "a1", 1_600_000_000_000),
+        _event("u1", "office", "o4", 1_600_000_001_000),
+        _event("u2", "office", "o1", 1_600_000_002_000),
+    ])
+    consumer = _consumer(settings, scorer)
+    try:
+        stats = consumer.run(max_events=3, max_seconds=30)
+    finally:
+        consumer.close()
+    assert stats.applied == 3 and stats.commits >= 1 and not stats.dead_lettered
+    assert [h.item_id for h in _history(redis_client, settings, "u1")] == ["o4", "a1"]  # newest first
+    recs = _recs(redis_client, settings, "u1")
+    assert recs is not None and recs.source == "stream" and recs.model_version == "m1"
+    assert [r.item_id for r in recs.items] == ["o3", "o2", "o1"]  # o4 is in the history: excluded
+    assert recs.items[0].because == "o4"
+
+
+def test_bad_messages_go_to_the_dead_letter_topic_with_reasons(settings: Settings, redis_client) -> None:
+    good = _event("u1", "office", "o1", 1_600_000_000_000)
+    _produce(settings, settings.kafka.events_topic, [
+        b"{not json",
+        {"user_id": "u1", "domain": "office", "item_id": "o2", "ts": 1_600_000_000_000},  # no event_type
+        _event("u1", "garden", "g1", 1_600_000_000_000),
+        {**_event("u1", "office", "o3", 0), "ts": "yesterday"},
+        {**good, "schema_version": 99},
+        good,
+    ])
+    consumer = _consumer(settings, CatalogueScorer("m1", ["o1", "o2"]))
+    try:
+        stats = consumer.run(max_events=6, max_seconds=30)
+    finally:
+        consumer.close()
+    assert stats.applied == 1
+    assert dict(stats.dead_lettered) == {
+        "malformed_json": 1,
+        "missing_field:event_type": 1,
+        "unknown_domain": 1,
+        "bad_timestamp": 1,
+        "unsupported_schema_version": 1,
+    }
+    dlq = KafkaConsumer(
+        settings.kafka.dead_letter_topic, **settings.kafka.client_kwargs(),
+        auto_offset_reset="earliest", consumer_timeout_ms=5000,
+    )
+    letters = [json.loads(m.value) for m in dlq]
+    dlq.close()
+    assert sorted(l["reason"] for l in letters) == sorted(stats.dead_lettered)
+    assert any(l["value"] == "{not json" for l in letters)  # the original bytes are kept
+
+
+def test_crash_before_commit_loses_nothing_and_duplicates_nothing(settings: Settings, redis_client) -> None:
+    events = [_event("u1", "office", f"o{i}", 1_600_000_000_000 + i, event_id=f"e{i}") for i in range(6)]
+    _produce(settings, settings.kafka.events_topic, events)
+    scorer = CatalogueScorer("m1", [f"o{i}" for i in range(10)])
+
+    crashed = _consumer(settings, scorer)
+    crashed._maybe_reload_scorer(force=True)
+    polled = []
+    for _ in range(20):
+        polled += [r for rs in crashed.consumer.poll(timeout_ms=500).values() for r in rs]
+        if len(polled) >= 6:
+            break
+    crashed.process(polled)  # Redis written ...
+    crashed.close()  # ... but the process "dies" before committing offsets
+    assert crashed.stats.applied == 6
+
+    restarted = _consumer(settings, scorer)
+    try:
+        stats = restarted.run(max_events=6, max_seconds=30)
+    finally:
+        restarted.close()
+    assert stats.consumed == 6 and stats.duplicates == 6 and stats.applied == 0  # re-delivered, skipped
+    items = [h.item_id for h in _history(redis_client, settings, "u1")]
+    assert sorted(items) == sorted(f"o{i}" for i in range(6)) and len(items) == 6
+
+    again = _consumer(settings, scorer)  # offsets now committed: nothing comes back
+    try:
+        assert again.run(max_seconds=4).consumed == 0
+    finally:
+        again.close()
+
+
+def test_catalogue_update_makes_a_new_item_recommendable(settings: Settings, redis_client) -> None:
+    scorer = CatalogueScorer("m1", ["o1"])
+    _produce(settings, settings.kafka.items_topic, [
+        {"domain": "office", "item_id": "o-new", "title": "  Stapler &amp; Staples ", "brand": "acme"},
+        {"domain": "office", "item_id": "o-bad"},  # no title
+    ])
+    _produce(settings, settings.kafka.events_topic, [_event("u9", "office", "o1", 1_700_000_000_000)])
+    consumer = _consumer(settings, scorer)
+    try:
+        stats = consumer.run(max_events=3, max_seconds=30)
+    finally:
+        consumer.close()
+    assert stats.items_added == 1 and stats.dead_lettered == {"missing_field:title": 1}
+    assert scorer.added == [("office", "o-new", "Stapler & Staples | acme")]
+    title = redis_client.hget(KeySchema(settings.key_prefix).item("office", "o-new"), "title")
+    assert title == b"Stapler & Staples"
+    recs = _recs(redis_client, settings, "u9")
+    assert recs is not None and recs.items[0].item_id == "o-new"
+
+
+def test_no_model_yet_keeps_history_and_writes_no_list(settings: Settings, redis_client) -> None:
+    _produce(settings, settings.kafka.events_topic, [_event("u5", "office", "o1", 1_700_000_000_000)])
+    consumer = _consumer(settings, None)
+    try:
+        stats = consumer.run(max_events=1, max_seconds=30)
+    finally:
+        consumer.close()
+    assert stats.applied == 1 and stats.lists_written == 0
+    assert _recs(redis_client, settings, "u5") is None  # readers use the popular fallback
+    assert len(_history(redis_client, settings, "u5")) == 1
+
+
+def test_model_pointer_change_reloads_the_scorer(settings: Settings, redis_client) -> None:
+    scorers = {"m1": CatalogueScorer("m1", ["o1", "o2"]), "m2": CatalogueScorer("m2", ["o1", "o2"])}
+    pointer = KeySchema(settings.key_prefix).current_model()
+    consumer = RecsConsumer(
+        settings, lambda: scorers[redis_client.get(pointer).decode()], poll_timeout_ms=200, reload_check_s=0
+    )
+    try:
+        consumer.run(max_seconds=1)
+        assert consumer.scorer is scorers["m1"]
+        redis_client.set(pointer, "m2")
+        _produce(settings, settings.kafka.events_topic, [_event("u7", "office", "o1", 1_700_000_000_000)])
+        consumer.run(max_events=1, max_seconds=30)
+    finally:
+        consumer.close()
+    assert consumer.scorer is scorers["m2"] and consumer.stats.model_reloads == 2
+    recs = _recs(redis_client, settings, "u7")
+    assert recs is not None and recs.model_version == "m2"
