@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ def stream(
     max_events: int = typer.Option(None, help="Stop after consuming this many messages."),
     idle_exit_s: float = typer.Option(None, help="Stop when no message arrived for this long."),
     heartbeat_file: Path = typer.Option(Path("/tmp/crossrec-consumer.alive"), help="Touched every poll (health check)."),
+    stats_file: Path = typer.Option(None, help="Also write the final counters here as JSON."),
 ) -> None:
     """Consume events and catalogue updates; write fresh top-K lists to Redis; commit after writing."""
     from crossrec.streaming.consumer import RecsConsumer
@@ -29,6 +31,8 @@ def stream(
         stats = consumer.run(max_seconds=max_seconds, max_events=max_events, idle_exit_s=idle_exit_s)
     finally:
         consumer.close()
+    if stats_file is not None:
+        stats_file.write_text(json.dumps(stats.as_dict()))
     console.print_json(data=stats.as_dict())
 
 
