@@ -100,6 +100,16 @@ class SparkSettings(BaseModel):
     shuffle_partitions: int = 4
 
 
+class ServingSettings(BaseModel):
+    """The HTTP read API: limits on input and how it talks to Redis (see serving/app.py)."""
+
+    mode: Literal["inline", "async", "thread"] = "inline"  # inline measured cheapest per request
+    max_k: int = Field(default=100, ge=1)
+    max_id_len: int = Field(default=128, ge=1)
+    display_ttl_s: float = Field(default=30.0, ge=0)  # how stale a renamed title may be
+    redis_timeout_s: float = Field(default=0.5, gt=0)  # bounds how long a stuck Redis holds a request
+
+
 class ServicesSettings(BaseModel):
     """Local (embedded) services: where their pid and log files go.
 
@@ -138,6 +148,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @field_validator("key_prefix")
     @classmethod

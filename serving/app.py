@@ -1,0 +1,355 @@
+"""The HTTP read API over the Redis contract, plus a small inspection page.
+
+``create_app(settings)`` builds the FastAPI app; ``crossrec serve`` runs it under uvicorn. Every
+route reads through :mod:`crossrec.client`, so the API and the Python client return the same
+thing for the same user (``Recommendations.to_dict()`` *is* the response body).
+
+Why the request path looks the way it does:
+
+- responses are built as plain dicts and serialised once with ``json.dumps``; the pydantic
+  models below only document the shapes in the OpenAPI schema, they are not re-validated per
+  request (that costs more than the Redis read);
+- inputs are validated before Redis is touched, and every client error becomes a 4xx with a
+  ``{"error", "message"}`` body that never echoes a huge input back; an unreachable Redis is a
+  503 with the reason; nothing a caller can send produces a 500;
+- the Redis backend is chosen by ``mode``: ``async`` (redis.asyncio on the event loop),
+  ``thread`` (the sync pool in the thread pool, FastAPI's default for blocking code) or
+  ``inline`` (the sync pool called on the loop). ``benchmarks/bench_serving.py`` measures all
+  three. ``inline`` is the default because it costs the least CPU per request (about 30 % less
+  than ``async`` here: redis.asyncio adds a loop round per command, the thread pool adds a thread
+  hop). Its price: while Redis is slow, the worker waits with it, so the Redis socket timeout of
+  the API is short (``redis_timeout_s``) and production runs several workers (``--workers``).
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve the route signatures at runtime,
+# and the Domain enum is local to create_app.
+
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from crossrec.client import (
+    MAX_HISTORY,
+    AsyncRecClient,
+    ReadContract,
+    ClientError,
+    ContractError,
+    InvalidRequestError,
+    RecClient,
+    StoreUnavailableError,
+    UnknownDomainError,
+)
+from crossrec.keys import SCHEMA_VERSION, KeySchema
+from crossrec.settings import Settings, get_settings
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+Mode = Literal["async", "thread", "inline"]
+
+
+# -- response shapes (documentation of the contract in /openapi.json) --------------------------
+class BecauseOut(BaseModel):
+    item_id: str
+    title: str | None
+    domain: str | None
+    text: str
+
+
+class ItemOut(BaseModel):
+    rank: int
+    item_id: str
+    score: float
+    title: str | None
+    category: str | None
+    brand: str | None
+    because: BecauseOut | None
+
+
+class RecommendationsOut(BaseModel):
+    user_id: str
+    domain: str
+    k: int
+    fallback: bool
+    source: str
+    model_version: str | None
+    current_model: str | None
+    updated_at: float | None
+    age_s: float | None
+    items: list[ItemOut]
+
+
+class HistoryEntryOut(BaseModel):
+    domain: str
+    item_id: str
+    event_type: str
+    ts: float
+    title: str | None
+
+
+class HistoryOut(BaseModel):
+    user_id: str
+    skipped: int
+    entries: list[HistoryEntryOut]
+
+
+class UsersOut(BaseModel):
+    domain: str
+    users: list[str]
+
+
+class DomainsOut(BaseModel):
+    domains: list[str]
+    default_domain: str
+    default_k: int
+    max_k: int
+
+
+class HealthOut(BaseModel):
+    status: str
+    redis: str
+    model_version: str | None
+    schema_version: int
+    message: str | None = None
+
+
+class ErrorOut(BaseModel):
+    error: str
+    message: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "Unknown route"},
+    422: {"model": ErrorOut, "description": "Invalid input (domain, k, user id, limit)"},
+    503: {"model": ErrorOut, "description": "Redis is unreachable or refused us"},
+}
+
+
+# -- backends: the same client API behind three I/O strategies ---------------------------------
+class _Backend:
+    """Awaitable facade over a client, so the routes do not care how the I/O is done."""
+
+    def __init__(self, settings: Settings, mode: Mode, **client_kwargs: Any) -> None:
+        self.settings = settings
+        self.mode = mode
+        self.client_kwargs = client_kwargs
+        self.sync: RecClient | None = None
+        self.aio: AsyncRecClient | None = None
+
+    async def start(self) -> None:
+        if self.mode == "async":
+            self.aio = AsyncRecClient(self.settings, **self.client_kwargs)
+        else:
+            self.sync = RecClient(self.settings, **self.client_kwargs)
+
+    async def stop(self) -> None:
+        if self.aio is not None:
+            await self.aio.close()
+        if self.sync is not None:
+            self.sync.close()
+
+    async def call(self, name: str, *args: Any) -> Any:
+        if self.aio is not None:
+            return await getattr(self.aio, name)(*args)
+        assert self.sync is not None, "backend not started (app lifespan did not run)"
+        method = getattr(self.sync, name)
+        if self.mode == "thread":
+            return await run_in_threadpool(method, *args)
+        return method(*args)
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json")
+
+
+def _error(status: int, error: str, message: str) -> Response:
+    return _json({"error": error, "message": message}, status)
+
+
+def _client_error(exc: ClientError) -> Response:
+    if isinstance(exc, UnknownDomainError):
+        return _error(404, "unknown_domain", str(exc))
+    if isinstance(exc, InvalidRequestError):
+        return _error(422, "invalid_request", str(exc))
+    if isinstance(exc, StoreUnavailableError):
+        return _error(503, "store_unavailable", str(exc))
+    if isinstance(exc, ContractError):
+        return _error(500, "contract_violation", str(exc))
+    return _error(500, "client_error", str(exc))
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: str.isdigit() also accepts "²"
+
+
+def _int_param(request: Request, name: str, default: int, limit: int) -> int:
+    """An integer query parameter; anything else is a 422 that quotes at most 20 characters."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    text = raw.strip()
+    if not _INTEGER.fullmatch(text):
+        raise InvalidRequestError(f"{name} must be an integer between 1 and {limit}, got {raw[:20]!r}")
+    if len(text) > 9:  # do not parse (or echo) absurdly long numbers
+        raise InvalidRequestError(f"{name} must be an integer between 1 and {limit}, got a {len(text)}-digit number")
+    return int(text)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """One readable line per problem, e.g. ``query k: Input should be less than or equal to 100``.
+
+    The offending input is deliberately not echoed: it may be megabytes long or hold control bytes.
+    """
+    parts = []
+    for err in exc.errors():
+        where = " ".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+# -- the app -----------------------------------------------------------------------------------
+def create_app(
+    settings: Settings | None = None,
+    *,
+    mode: Mode | None = None,
+    max_k: int | None = None,
+    max_id_len: int | None = None,
+    display_ttl_s: float | None = None,
+    redis_timeout_s: float | None = None,
+) -> FastAPI:
+    """Build the API for ``settings`` (the process settings when omitted, as under uvicorn --factory).
+
+    Limits and the Redis mode come from ``settings.serving``; keyword arguments override them
+    (tests and the benchmark compare modes in one process).
+    """
+    settings = settings or get_settings()
+    cfg = settings.serving
+    mode = mode or cfg.mode
+    max_k = max_k or cfg.max_k
+    max_id_len = max_id_len or cfg.max_id_len
+    if mode not in ("async", "thread", "inline"):
+        raise ValueError(f"mode must be async, thread or inline, not {mode!r}")
+    backend = _Backend(
+        settings,
+        mode,
+        max_k=max_k,
+        max_id_len=max_id_len,
+        display_ttl_s=cfg.display_ttl_s if display_ttl_s is None else display_ttl_s,
+        socket_timeout=redis_timeout_s or cfg.redis_timeout_s,
+    )
+    # For the tooling routes an Enum puts the known domains in the OpenAPI schema (unknown: 422).
+    domain_enum = Enum("Domain", {d: d for d in settings.domains}, type=str)  # type: ignore[misc]
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await backend.start()
+        try:
+            yield
+        finally:
+            await backend.stop()
+
+    app = FastAPI(
+        title="crossrec serving API",
+        version=f"schema-v{SCHEMA_VERSION}",
+        description=(
+            "Cross-domain recommendations read from Redis. Users without a list yet get the "
+            "domain's popular items with `fallback: true`. Each item names the history item "
+            "most similar to it (`because`)."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.backend = backend
+    app.state.settings = settings
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_invalid(_: Request, exc: RequestValidationError) -> Response:
+        return _error(422, "invalid_request", _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http(_: Request, exc: StarletteHTTPException) -> Response:
+        return _error(exc.status_code, "not_found" if exc.status_code == 404 else "http_error", str(exc.detail))
+
+    @app.exception_handler(ClientError)
+    async def _on_client(_: Request, exc: ClientError) -> Response:
+        return _client_error(exc)
+
+    user_path = PathParam(min_length=1, max_length=max_id_len, description="the user id of the event logs")
+
+    contract = ReadContract(KeySchema(settings.key_prefix), settings.domains, max_k=max_k, max_id_len=max_id_len)
+
+    @app.get(
+        "/recommendations/{domain}/{user_id}",
+        response_model=RecommendationsOut,
+        responses={**ERRORS, 404: {"model": ErrorOut, "description": "Unknown domain or route"}},
+        summary="A user's current top-k in a domain",
+        # The hot path takes the raw Request and validates with the client's ReadContract, the
+        # same rules the Python client applies; FastAPI's per-parameter machinery cost more CPU
+        # than the Redis read. The parameters are declared here so /openapi.json still shows them.
+        openapi_extra={
+            "parameters": [
+                {"name": "domain", "in": "path", "required": True,
+                 "schema": {"type": "string", "enum": list(settings.domains)}},
+                {"name": "user_id", "in": "path", "required": True, "description": "the user id of the event logs",
+                 "schema": {"type": "string", "minLength": 1, "maxLength": max_id_len}},
+                {"name": "k", "in": "query", "required": False, "description": "how many items",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": max_k, "default": settings.top_k}},
+            ]
+        },
+    )
+    async def recommendations(request: Request) -> Response:
+        domain = request.path_params["domain"]
+        user_id = request.path_params["user_id"]
+        contract.check_domain(domain)
+        contract.check_user(user_id)
+        k = _int_param(request, "k", settings.top_k, max_k)
+        contract.check_k(k)
+        recs = await backend.call("get", user_id, domain, k)
+        return _json(recs.to_dict())
+
+    @app.get("/users/{user_id}/history", response_model=HistoryOut, responses=ERRORS, summary="A user's recent events")
+    async def history(
+        user_id: str = user_path,
+        limit: int = Query(20, ge=1, le=MAX_HISTORY, description="how many events, newest first"),
+    ) -> Response:
+        return _json((await backend.call("history", user_id, limit)).to_dict())
+
+    @app.get("/users", response_model=UsersOut, responses=ERRORS, summary="Some users with a list (for the inspection page)")
+    async def users(
+        domain: domain_enum,  # type: ignore[valid-type]
+        limit: int = Query(20, ge=1, le=1000),
+    ) -> Response:
+        return _json({"domain": domain.value, "users": await backend.call("users", domain.value, limit)})
+
+    @app.get("/domains", response_model=DomainsOut, summary="The domains this API serves")
+    async def domains() -> Response:
+        default = settings.target_domain if settings.target_domain in settings.domains else settings.domains[0]
+        return _json({"domains": list(settings.domains), "default_domain": default, "default_k": settings.top_k, "max_k": max_k})
+
+    @app.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}}, summary="Redis reachable? Which model?")
+    async def health() -> Response:
+        try:
+            await backend.call("ping")
+            model = await backend.call("current_model")
+        except StoreUnavailableError as exc:
+            body = {"status": "unavailable", "redis": "down", "model_version": None,
+                    "schema_version": SCHEMA_VERSION, "message": str(exc)}
+            return _json(body, 503)
+        return _json({"status": "ok", "redis": "up", "model_version": model, "schema_version": SCHEMA_VERSION,
+                      "message": None if model else "no current model published yet"})
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

@@ -1,0 +1,177 @@
+// crossrec inspection page: plain JS over the JSON API, no build step.
+// All data is inserted with textContent (never innerHTML), so titles from the catalogue
+// cannot inject markup.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+async function getJSON(url) {
+  const res = await fetch(url, { headers: { Accept: "application/json" } });
+  let body = null;
+  try { body = await res.json(); } catch (_) { /* not JSON */ }
+  if (!res.ok) {
+    const msg = body && body.message ? body.message : `HTTP ${res.status}`;
+    throw new Error(msg);
+  }
+  return body;
+}
+
+function el(tag, opts = {}, children = []) {
+  const node = document.createElement(tag);
+  if (opts.text !== undefined && opts.text !== null) node.textContent = String(opts.text);
+  if (opts.cls) node.className = opts.cls;
+  if (opts.title) node.title = opts.title;
+  for (const c of children) node.appendChild(c);
+  return node;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+function fmtTime(ts) {
+  if (ts === null || ts === undefined) return "–";
+  return new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 16) + " UTC";
+}
+
+function fmtAge(s) {
+  if (s === null || s === undefined) return "unknown age";
+  if (s < 90) return `${Math.round(s)} s ago`;
+  if (s < 5400) return `${Math.round(s / 60)} min ago`;
+  if (s < 172800) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} days ago`;
+}
+
+function itemCell(title, itemId) {
+  return el("td", {}, [el("span", { text: title || "(no title)" }), el("span", { cls: "id", text: itemId })]);
+}
+
+function renderHistory(data) {
+  const body = $("history").querySelector("tbody");
+  body.replaceChildren();
+  for (const e of data.entries) {
+    const tr = el("tr", {}, [
+      el("td", { cls: "num", text: fmtTime(e.ts) }),
+      el("td", {}, [el("span", { cls: `dom ${e.domain}`, text: e.domain })]),
+      el("td", { text: e.event_type }),
+      itemCell(e.title, e.item_id),
+    ]);
+    tr.dataset.itemId = e.item_id;
+    body.appendChild(tr);
+  }
+  const skipped = data.skipped ? `, ${data.skipped} unreadable` : "";
+  $("history-count").textContent = `${data.entries.length} most recent${skipped}`;
+  $("history-empty").hidden = data.entries.length > 0;
+}
+
+function renderRecs(data) {
+  const body = $("recs").querySelector("tbody");
+  body.replaceChildren();
+  const top = data.items.length ? Math.max(...data.items.map((i) => Math.abs(i.score))) || 1 : 1;
+  for (const it of data.items) {
+    const bar = el("div", { cls: "bar" });
+    bar.style.width = `${Math.max(4, (100 * Math.abs(it.score)) / top)}%`;
+    const why = it.because
+      ? el("td", { cls: "why", text: it.because.text, title: `${it.because.domain || "?"} item ${it.because.item_id}` })
+      : el("td", { cls: "muted", text: data.fallback ? "popular in this domain" : "–" });
+    const tr = el("tr", {}, [
+      el("td", { cls: "num", text: it.rank }),
+      itemCell(it.title, it.item_id),
+      el("td", { cls: "num" }, [el("span", { text: it.score.toFixed(4) }), bar]),
+      why,
+    ]);
+    tr.dataset.itemId = it.item_id;
+    body.appendChild(tr);
+  }
+  $("fallback").hidden = !data.fallback;
+  $("recs-empty").hidden = data.items.length > 0;
+  const model = data.model_version ? `model ${data.model_version}` : "no model";
+  $("recs-meta").textContent = `${model} · ${data.source} · updated ${fmtAge(data.age_s)}`;
+}
+
+// Highlight the history items that explain at least one recommendation, with how many.
+function markExplaining(recs) {
+  const counts = new Map();
+  for (const it of recs.items) {
+    if (it.because) counts.set(it.because.item_id, (counts.get(it.because.item_id) || 0) + 1);
+  }
+  for (const row of $("history").querySelectorAll("tbody tr")) {
+    const n = counts.get(row.dataset.itemId) || 0;
+    row.classList.toggle("explains", n > 0);
+    row.title = n ? `explains ${n} recommendation${n > 1 ? "s" : ""}` : "";
+  }
+}
+
+async function loadUsers() {
+  const list = $("user-list");
+  list.replaceChildren();
+  try {
+    const data = await getJSON(`/users?domain=${encodeURIComponent($("domain").value)}&limit=50`);
+    for (const u of data.users) list.appendChild(el("option", { text: u }));
+  } catch (err) {
+    showError(`could not list users: ${err.message}`);
+  }
+}
+
+async function show(event) {
+  if (event) event.preventDefault();
+  const user = $("user").value.trim();
+  const domain = $("domain").value;
+  const k = $("k").value || "10";
+  if (!user) return;
+  showError("");
+  document.body.dataset.state = "loading";
+  const u = encodeURIComponent(user);
+  try {
+    const [hist, recs] = await Promise.all([
+      getJSON(`/users/${u}/history?limit=50`),
+      getJSON(`/recommendations/${encodeURIComponent(domain)}/${u}?k=${encodeURIComponent(k)}`),
+    ]);
+    renderHistory(hist);
+    renderRecs(recs);
+    markExplaining(recs);
+    const params = new URLSearchParams({ domain, user, k });
+    history.replaceState(null, "", `?${params}`);
+    document.body.dataset.state = "ready";
+  } catch (err) {
+    showError(err.message);
+    document.body.dataset.state = "error";
+  }
+}
+
+async function init() {
+  const health = $("health");
+  try {
+    const h = await getJSON("/health");
+    health.textContent = `Redis up · model ${h.model_version || "none yet"}`;
+    health.className = "badge ok";
+  } catch (err) {
+    health.textContent = `Redis down: ${err.message}`;
+    health.className = "badge down";
+  }
+  try {
+    const d = await getJSON("/domains");
+    for (const name of d.domains) $("domain").appendChild(el("option", { text: name }));
+    $("domain").value = d.default_domain;
+    $("k").max = d.max_k;
+    $("k").value = d.default_k;
+  } catch (err) {
+    showError(`could not load domains: ${err.message}`);
+    return;
+  }
+  const params = new URLSearchParams(location.search);
+  if (params.get("domain")) $("domain").value = params.get("domain");
+  if (params.get("k")) $("k").value = params.get("k");
+  $("domain").addEventListener("change", loadUsers);
+  $("picker").addEventListener("submit", show);
+  await loadUsers();
+  document.body.dataset.state = "idle";
+  if (params.get("user")) {
+    $("user").value = params.get("user");
+    await show();
+  }
+}
+
+init();

@@ -1,0 +1,192 @@
+"""The HTTP API in-process (Starlette's TestClient) over the real session Redis.
+
+Checks the contract round trip (publisher writes, API returns the same as the Python client), the
+popular fallback, health, the OpenAPI schema, and that every malformed request is a 4xx with a
+readable message, never a 500.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from conftest import make_settings
+from fastapi.testclient import TestClient
+from test_client import MODEL, Fixture, populate
+
+from crossrec.client import RecClient
+from crossrec.keys import KeySchema
+from crossrec.publish import RecWriter, make_rec_list
+from crossrec.settings import Settings
+from serving.app import create_app
+
+
+@pytest.fixture()
+def world(redis_client, services_settings: Settings) -> Fixture:
+    return populate(RecWriter(redis_client, KeySchema(services_settings.key_prefix)))
+
+
+@pytest.fixture(scope="module")
+def api(services_settings: Settings):
+    with TestClient(create_app(services_settings), raise_server_exceptions=False) as http:
+        yield http
+
+
+# -- the contract round trip -------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["async", "thread", "inline"])
+def test_api_returns_what_the_client_reads(mode: str, world: Fixture, services_settings: Settings) -> None:
+    with TestClient(create_app(services_settings, mode=mode)) as http:
+        res = http.get(f"/recommendations/office/{world.user}", params={"k": 4})
+    assert res.status_code == 200 and res.headers["content-type"] == "application/json"
+    body = res.json()
+    with RecClient(services_settings) as client:
+        expected = client.get(world.user, "office", 4).to_dict()
+    assert abs(body.pop("age_s") - expected.pop("age_s")) < 5
+    assert body == expected
+    assert [i["item_id"] for i in body["items"]] == world.rec_ids[:4]
+    assert body["items"][0]["because"] == {
+        "item_id": world.because[0],
+        "title": world.titles[world.because[0]],
+        "domain": world.domains[world.because[0]],
+        "text": f"because you bought {world.titles[world.because[0]]}",
+    }
+    assert body["model_version"] == MODEL and body["fallback"] is False and body["k"] == 4
+
+
+def test_default_k_is_the_configured_top_k(api: TestClient, world: Fixture, services_settings: Settings) -> None:
+    body = api.get(f"/recommendations/office/{world.user}").json()
+    assert body["k"] == min(services_settings.top_k, len(world.rec_ids))
+
+
+def test_fallback_for_a_user_without_list(api: TestClient, world: Fixture) -> None:
+    body = api.get(f"/recommendations/office/{world.new_user}?k=2").json()
+    assert body["fallback"] is True and body["source"] == "popular"
+    assert [i["item_id"] for i in body["items"]] == world.popular_ids[:2]
+    assert [i["title"] for i in body["items"]] == [world.titles[i] for i in world.popular_ids[:2]]
+
+
+def test_history_endpoint(api: TestClient, world: Fixture) -> None:
+    body = api.get(f"/users/{world.user}/history", params={"limit": 2}).json()
+    newest = list(reversed(world.history))[:2]
+    assert [(e["item_id"], e["domain"], e["title"]) for e in body["entries"]] == [
+        (e.item_id, e.domain, world.titles[e.item_id]) for e in newest
+    ]
+    assert body["skipped"] == 0
+
+
+def test_users_and_domains_endpoints(api: TestClient, world: Fixture, services_settings: Settings) -> None:
+    assert api.get("/users", params={"domain": "office"}).json() == {"domain": "office", "users": [world.user]}
+    assert api.get("/domains").json() == {
+        "domains": services_settings.domains,
+        "default_domain": services_settings.target_domain,
+        "default_k": services_settings.top_k, "max_k": 100}
+
+
+def test_user_ids_with_reserved_characters_round_trip(api: TestClient, redis_client, services_settings: Settings) -> None:
+    writer = RecWriter(redis_client, KeySchema(services_settings.key_prefix))
+    user = "user:with spaces&?é"
+    writer.write_recs("office", user, make_rec_list(["o1"], [1.0], MODEL))
+    body = api.get(f"/recommendations/office/{quote(user, safe='')}").json()
+    assert body["user_id"] == user and [i["item_id"] for i in body["items"]] == ["o1"] and not body["fallback"]
+
+
+# -- health and schema -------------------------------------------------------------------------
+def test_health_reports_redis_and_model(api: TestClient, world: Fixture) -> None:
+    res = api.get("/health")
+    assert res.status_code == 200
+    assert res.json() == {"status": "ok", "redis": "up", "model_version": MODEL, "schema_version": 1, "message": None}
+
+
+def test_health_without_a_model_says_so(api: TestClient, redis_client) -> None:
+    body = api.get("/health").json()  # the redis_client fixture flushed the database
+    assert body["status"] == "ok" and body["model_version"] is None and "no current model" in body["message"]
+
+
+def test_redis_down_is_503_with_reason(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)  # nobody listens on this port
+    with TestClient(create_app(settings), raise_server_exceptions=False) as http:
+        health = http.get("/health")
+        recs = http.get("/recommendations/office/u1")
+    assert health.status_code == 503 and health.json()["redis"] == "down"
+    assert "unreachable" in health.json()["message"]
+    assert recs.status_code == 503 and recs.json()["error"] == "store_unavailable"
+    assert settings.redis.url in recs.json()["message"]
+
+
+def test_openapi_documents_the_contract(api: TestClient) -> None:
+    schema = api.get("/openapi.json").json()
+    assert {"/recommendations/{domain}/{user_id}", "/health", "/users/{user_id}/history", "/users", "/domains"} <= set(schema["paths"])
+    op = schema["paths"]["/recommendations/{domain}/{user_id}"]["get"]
+    params = {p["name"]: p for p in op["parameters"]}
+    assert params["k"]["schema"]["maximum"] == 100 and params["k"]["schema"]["minimum"] == 1
+    assert params["user_id"]["schema"]["maxLength"] == 128
+    assert params["domain"]["schema"]["enum"] == ["art", "office"]
+    assert params["k"]["schema"]["default"] == 10
+    ok = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert ok.endswith("/RecommendationsOut")
+    assert {"404", "422", "503"} <= set(op["responses"])
+    assert "fallback" in schema["components"]["schemas"]["RecommendationsOut"]["properties"]
+
+
+def test_inspection_page_and_assets_are_served(api: TestClient) -> None:
+    page = api.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'id="recs"' in page.text and "/static/app.js" in page.text
+    assert api.get("/static/app.js").status_code == 200
+    assert api.get("/static/style.css").status_code == 200
+
+
+# -- every invalid input: a 4xx with a message, never a 500 --------------------------------------
+HUGE = "u" * 60_000  # httpx refuses URLs over 64 KiB
+INVALID = [
+    ("/recommendations/garden/u1", 404, "unknown domain 'garden'; known domains: art, office"),
+    ("/recommendations/office/u1?k=0", 422, "k must be an integer between 1 and 100, got 0"),
+    ("/recommendations/office/u1?k=-3", 422, "k must be an integer between 1 and 100, got -3"),
+    ("/recommendations/office/u1?k=101", 422, "k must be an integer between 1 and 100, got 101"),
+    ("/recommendations/office/u1?k=abc", 422, "k must be an integer between 1 and 100, got 'abc'"),
+    ("/recommendations/office/u1?k=1.5", 422, "got '1.5'"),
+    ("/recommendations/office/u1?k=", 422, "got ''"),
+    ("/recommendations/office/u1?k=%2B-5", 422, "got '+-5'"),
+    ("/recommendations/office/u1?k=%C2%B2", 422, "got '²'"),
+    ("/recommendations/office/u1?k=1&k=abc", 422, "got 'abc'"),
+    ("/recommendations/office/u1?k=99999999999999999999999", 422, "got a 23-digit number"),
+    ("/recommendations/office/u1?k=" + "9" * 5000, 422, "got a 5000-digit number"),
+    ("/recommendations/office/" + "x" * 129, 422, "user_id is 129 characters long; the limit is 128"),
+    ("/recommendations/office/" + HUGE, 422, "the limit is 128"),
+    ("/recommendations/office/bad%00id", 422, "user_id must not contain control characters"),
+    ("/recommendations/office/bad%0Aid", 422, "control characters"),
+    ("/recommendations/office/a%2Fb", 404, "Not Found"),
+    ("/recommendations/office/", 404, "Not Found"),
+    ("/recommendations/office", 404, "Not Found"),
+    ("/users/u1/history?limit=0", 422, "query limit"),
+    ("/users/u1/history?limit=51", 422, "less than or equal to 50"),
+    ("/users/" + "x" * 129 + "/history", 422, "at most 128 characters"),
+    ("/users/bad%07id/history", 422, "control characters"),
+    ("/users?domain=garden", 422, "Input should be 'art' or 'office'"),
+    ("/users", 422, "query domain: Field required"),
+    ("/users?domain=office&limit=1001", 422, "less than or equal to 1000"),
+    ("/no/such/route", 404, "Not Found"),
+]
+
+
+@pytest.mark.parametrize(("url", "status", "message"), INVALID, ids=[u[:60] for u, _, _ in INVALID])
+def test_invalid_input_is_a_4xx_with_a_message(api: TestClient, url: str, status: int, message: str) -> None:
+    res = api.get(url)
+    assert res.status_code == status, res.text[:300]
+    body = res.json()
+    assert set(body) == {"error", "message"}
+    assert message in body["message"]
+    assert len(res.content) < 1000  # the oversized input is never echoed back
+
+
+def test_wrong_method_is_405_json(api: TestClient) -> None:
+    res = api.post("/recommendations/office/u1")
+    assert res.status_code == 405 and res.json()["error"] == "http_error"
+
+
+def test_contract_violation_in_redis_is_reported_not_hidden(api: TestClient, redis_client, services_settings) -> None:
+    redis_client.set(KeySchema(services_settings.key_prefix).recs("office", "u1"), b"garbage")
+    res = api.get("/recommendations/office/u1")
+    assert res.status_code == 500 and res.json()["error"] == "contract_violation"
+    assert "crossrec:recs:office:u1" in res.json()["message"]
