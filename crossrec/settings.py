@@ -100,6 +100,13 @@ class SparkSettings(BaseModel):
     shuffle_partitions: int = 4
 
 
+class CleanSettings(BaseModel):
+    """Cleaning choices that a deployment tunes (the CLI flags override them per run)."""
+
+    near_dup_window_s: float = 60.0  # same user+item+type within this window = near duplicate; < 0 = off
+    kcore: int | None = Field(default=None, ge=1)  # per-domain k-core; off: cleaning keeps every good row
+
+
 class ServingSettings(BaseModel):
     """The HTTP read API: limits on input and how it talks to Redis (see serving/app.py)."""
 
@@ -149,6 +156,7 @@ class Settings(BaseSettings):
     spark: SparkSettings = Field(default_factory=SparkSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    clean: CleanSettings = Field(default_factory=CleanSettings)
 
     @field_validator("key_prefix")
     @classmethod
