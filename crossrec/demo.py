@@ -170,7 +170,7 @@ def nightly_steps() -> list[list[str]]:
         ["features", "apply"],
         ["features", "stats"],
         ["features", "materialize"],
-        ["adapt", "--nightly"],
+        ["adapt"],
         ["publish"],
     ]
 

@@ -12,7 +12,7 @@ from crossrec.console import console
 from crossrec.demo import DemoResult, snapshot_lists
 from crossrec.settings import Settings
 
-HEADLINE_METRICS = ("ndcg@10", "recall@10", "recall@50", "mrr")
+HEADLINE_METRICS = ("NDCG@10", "Recall@10", "Recall@50", "MRR")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -35,9 +35,9 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> tuple[Table
 
 
 def adaptation_rows(metrics: dict) -> list[list[str]]:
-    """One row per strategy/baseline of metrics.json's test-user results."""
+    """One row per strategy/baseline of metrics.json (strategy -> metric -> test-user value)."""
     rows = []
-    for name, values in metrics.get("test", metrics).items():
+    for name, values in metrics.items():
         if not isinstance(values, dict):
             continue
         cells = []

@@ -57,8 +57,9 @@ def nightly_retrain() -> None:
 
     @task.bash
     def adapt_and_gate() -> str:
-        """torch: train the nightly strategy, evaluate, promote only if it beats the current model."""
-        return f"{CROSSREC} adapt --nightly"
+        """torch: compare the strategies, register the best on validation, promote only if it beats
+        the current model (re-scored on today's validation users) by the configured margin."""
+        return f"{CROSSREC} adapt"
 
     @task.bash
     def publish_recs() -> str:

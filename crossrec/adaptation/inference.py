@@ -1,0 +1,189 @@
+"""Scoring API for the streaming consumer and the batch publisher.
+
+``load_current(settings)`` returns a ``Recommender`` over the registry's current model. It scores a
+user from their raw mixed-domain history ``[(domain, item_id), ...]`` against every target-domain
+item with one matmul, masks what the user already has, and returns the top-K with R_ui = sigma(.)
+scores. ``add_item`` makes a brand-new item (text embedding, no interactions) scorable at once:
+its f_i comes from the adaptor alone, which is the point of a text-based item side.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crossrec.adaptation.artifacts import read_artifact
+from crossrec.adaptation.data import BOS_DOMAIN_ID
+from crossrec.evaluation import MISSED, rank_batch
+from crossrec.registry import RegistryError, registry_for
+
+History = Sequence[tuple[str, str]]
+
+
+class Recommender:
+    """A loaded model version plus its item index; safe to share between threads."""
+
+    def __init__(self, version: str, path: Path) -> None:
+        art = read_artifact(path)
+        self.version = version
+        self.model = art.model
+        self.config = art.config
+        self.view: str = art.config["view"]
+        self.source_domain: str = art.config["source_domain"]
+        self.target_domain: str = art.config["target_domain"]
+        self.max_len: int = art.model.cfg.max_len
+        self._lock = threading.RLock()
+        self._keys: list[tuple[str, str]] = list(zip(art.items["domain"], art.items["item_id"]))
+        self._index = {k: i for i, k in enumerate(self._keys) if i > 0}
+        self._vecs = torch.from_numpy(art.vectors.copy())
+        self._target_rows = np.flatnonzero(art.items["domain"].to_numpy() == self.target_domain)
+        self.unknown_items = 0  # history items the model has no vector for (skipped, counted)
+        self._refresh_targets()
+
+    # ------------------------------------------------------------------ catalogue
+    def _refresh_targets(self) -> None:
+        self._target_mat = self._vecs[torch.as_tensor(self._target_rows)]
+        self._target_ids = [self._keys[i][1] for i in self._target_rows]
+        self._target_pos = {iid: j for j, iid in enumerate(self._target_ids)}
+
+    @property
+    def target_items(self) -> list[str]:
+        return list(self._target_ids)
+
+    def _domain_code(self, domain: str) -> int:
+        if domain == self.target_domain:
+            return 1
+        if domain == self.source_domain:
+            return 0
+        raise ValueError(f"domain {domain!r} is neither {self.source_domain!r} nor {self.target_domain!r}")
+
+    @torch.no_grad()
+    def add_item(self, domain: str, item_id: str, embedding: Sequence[float] | np.ndarray) -> None:
+        """Register (or re-embed) an item from its text embedding alone."""
+        self._domain_code(domain)
+        x = torch.as_tensor(np.asarray(embedding, dtype=np.float32)).reshape(1, -1)
+        if x.shape[1] != self.model.cfg.in_dim:
+            raise ValueError(f"embedding has {x.shape[1]} dims; the model's encoder gives {self.model.cfg.in_dim}")
+        v = self.model.raw_item_vecs(x)
+        with self._lock:
+            key = (domain, item_id)
+            row = self._index.get(key)
+            if row is None:
+                row = len(self._keys)
+                self._keys.append(key)
+                self._index[key] = row
+                self._vecs = torch.cat([self._vecs, v])
+                if domain == self.target_domain:
+                    self._target_rows = np.append(self._target_rows, row)
+            else:
+                self._vecs[row] = v[0]
+            self._refresh_targets()
+
+    def has_item(self, domain: str, item_id: str) -> bool:
+        return (domain, item_id) in self._index
+
+    def vectors_for(self, keys: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Adapted item vectors f_i of known ``(domain, item_id)`` keys (explanations use them)."""
+        with self._lock:
+            rows = [self._index[key] for key in keys]
+            return self._vecs[torch.as_tensor(rows, dtype=torch.int64)].numpy()
+
+    # ------------------------------------------------------------------ scoring
+    def _rows(self, history: History) -> list[int]:
+        rows = []
+        for domain, item_id in history:
+            if self.view == "target" and domain != self.target_domain:
+                continue
+            r = self._index.get((domain, item_id))
+            if r is None:
+                self.unknown_items += 1
+                continue
+            rows.append(r)
+        return rows[-(self.max_len - 1) :] if self.max_len > 1 else []
+
+    @torch.no_grad()
+    def _logits(self, histories: Sequence[History]) -> np.ndarray:
+        with self._lock:
+            vecs, target_mat = self._vecs, self._target_mat
+            rows = [self._rows(h) for h in histories]
+            dom_of = {r: self._domain_code(self._keys[r][0]) for rr in rows for r in rr}
+        L = max((len(r) for r in rows), default=0) + 1
+        tok = torch.zeros(len(rows), L, dtype=torch.int64)
+        dom = torch.zeros(len(rows), L, dtype=torch.int64)
+        for i, r in enumerate(rows):
+            if r:
+                tok[i, 1 : len(r) + 1] = torch.as_tensor(r)
+                dom[i, 1 : len(r) + 1] = torch.as_tensor([dom_of[x] for x in r])
+        dom[:, 0] = BOS_DOMAIN_ID
+        lengths = torch.as_tensor([len(r) + 1 for r in rows])
+        h = self.model.user_states(vecs[tok], dom, lengths)
+        last = h[torch.arange(len(rows)), lengths - 1]
+        return self.model.logits(last, target_mat).numpy()
+
+    def _masks(self, histories: Sequence[History], excludes: Sequence[Iterable[str]] | None) -> list[np.ndarray]:
+        out = []
+        for i, h in enumerate(histories):
+            ids = {iid for d, iid in h if d == self.target_domain}
+            if excludes is not None:
+                ids |= set(excludes[i])
+            out.append(np.asarray(sorted(self._target_pos[x] for x in ids if x in self._target_pos), dtype=np.int64))
+        return out
+
+    def _top(self, logits: np.ndarray, mask: np.ndarray, k: int) -> list[tuple[str, float]]:
+        s = logits.astype(np.float64).copy()
+        s[mask] = -np.inf
+        k = min(k, int(np.isfinite(s).sum()))
+        if k <= 0:
+            return []
+        idx = np.argpartition(-s, k - 1)[:k]
+        idx = idx[np.lexsort((idx, -s[idx]))]
+        prob = 1.0 / (1.0 + np.exp(-s[idx]))
+        return [(self._target_ids[j], float(p)) for j, p in zip(idx, prob)]
+
+    def score_history(self, history: History, k: int, exclude: Iterable[str] | None = None) -> list[tuple[str, float]]:
+        """Top-k target items for one user history; already-seen target items are never returned."""
+        logits = self._logits([history])[0]
+        mask = self._masks([history], [exclude or ()])[0]
+        return self._top(logits, mask, k)
+
+    def top_k_for_users(self, histories: Mapping[str, History], k: int, batch_size: int = 512) -> dict[str, list[tuple[str, float]]]:
+        """Batch scoring for the publisher: {user_id: [(item_id, score), ...]}."""
+        users = list(histories)
+        out: dict[str, list[tuple[str, float]]] = {}
+        for s in range(0, len(users), batch_size):
+            chunk = users[s : s + batch_size]
+            hs = [histories[u] for u in chunk]
+            logits = self._logits(hs)
+            for u, lg, m in zip(chunk, logits, self._masks(hs, None)):
+                out[u] = self._top(lg, m, k)
+        return out
+
+    def ranks(self, histories: Sequence[History], targets: Sequence[str], batch_size: int = 512) -> np.ndarray:
+        """Full-rank position of each held-out target item (what the gate re-scores the current model with)."""
+        out = []
+        for s in range(0, len(histories), batch_size):
+            hs = histories[s : s + batch_size]
+            tg = [self._target_pos.get(t, -1) for t in targets[s : s + batch_size]]
+            logits = self._logits(hs)
+            r = rank_batch(logits, [max(t, 0) for t in tg], self._masks(hs, None))
+            r[np.asarray(tg) < 0] = MISSED  # unknown target: a miss
+            out.append(r)
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def load_version(settings, version: str) -> Recommender:
+    reg = registry_for(settings.work_dir)
+    return Recommender(version, reg.path(version))
+
+
+def load_current(settings) -> Recommender:
+    """The registry's current model; a clear error when nothing has been promoted yet."""
+    reg = registry_for(settings.work_dir)
+    version = reg.current()
+    if version is None:
+        raise RegistryError(f"no current model in {reg.root}; run `crossrec adapt` first")
+    return Recommender(version, reg.path(version))

@@ -1,0 +1,209 @@
+"""Transfer strategies, registered by name so a run can compare any subset.
+
+Each strategy turns (data, configs, seed, fraction of target training users) into a trained
+``Trained`` object that knows which history view it reads ('mixed' = both domains, 'target' =
+target only) and how to rank an EvalSet. Source pretraining is shared (cached per seed) by the
+strategies that start from it, so the full comparison pays for it once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from crossrec.adaptation.baselines import Popularity, sasrec_model
+from crossrec.adaptation.data import SOURCE, TARGET, AdaptData, EvalSet, UserSeq, make_eval_set, SPLIT_CODES
+from crossrec.adaptation.model import CrossDomainModel, ModelConfig
+from crossrec.evaluation import compute_metrics
+from crossrec.adaptation.trainer import EpochLog, Phase, TrainConfig, ndcg10, score_eval_set, train_phase
+
+
+@dataclass
+class Trained:
+    """A trained scorer plus what it needs at evaluation time."""
+
+    name: str
+    view: str
+    model: CrossDomainModel | None = None
+    popularity: Popularity | None = None
+    logs: list[EpochLog] = field(default_factory=list)
+    best_valid: float | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.popularity is not None:
+            return "popularity"
+        return self.model.cfg.item_tower  # type: ignore[union-attr]
+
+    def ranks(self, data: AdaptData, ev: EvalSet) -> np.ndarray:
+        if self.popularity is not None:
+            return self.popularity.ranks(data, ev)
+        return score_eval_set(self.model, data, ev)  # type: ignore[arg-type]
+
+
+@dataclass
+class RunContext:
+    data: AdaptData
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    seed: int
+    fraction: float = 1.0
+    progress: Callable[[str], None] | None = None
+    cache: dict = field(default_factory=dict)
+
+    # ---- data views -------------------------------------------------------------------------
+    def eval_set(self, split: str, view: str, cold: bool = False) -> EvalSet:
+        key = ("eval", split, view, cold)
+        if key not in self.cache:
+            users = self.data.split_users[split]
+            self.cache[key] = make_eval_set(self.data, users, SPLIT_CODES[split if split != "train" else "test"], view, self.model_cfg.max_len, drop_target_history=cold)
+        return self.cache[key]
+
+    def target_users(self) -> set[str]:
+        """The fraction of training users whose target-domain events may be trained on."""
+        key = ("target_users", self.seed, self.fraction)
+        if key not in self.cache:
+            users = [u for u in self.data.split_users["train"] if u in self.data.users and (self.data.users[u].dom == TARGET).any()]
+            n = max(1, math.ceil(self.fraction * len(users)))
+            rng = np.random.default_rng(self.seed)
+            self.cache[key] = {users[i] for i in rng.permutation(len(users))[:n]}
+        return self.cache[key]
+
+    def train_seqs(self, view: str) -> list[UserSeq]:
+        """Training sequences in ``view``; users outside the target fraction keep only source events."""
+        keep = self.target_users()
+        out = []
+        for u in self.data.split_users["train"]:
+            s = self.data.users.get(u)
+            if s is None:
+                continue
+            if u not in keep:
+                s = s.view("source")
+            out.append(s.view(view))
+        return out
+
+    def validator(self, view: str) -> Callable[[CrossDomainModel], float]:
+        ev = self.eval_set("valid", view)
+        return lambda m: ndcg10(m, self.data, ev)
+
+    def new_model(self, whiten_on: str = "both") -> CrossDomainModel:
+        """A fresh text model whose adaptor starts at the PCA whitening of the items it may use
+        ('target' for the no-transfer strategy, 'both' otherwise)."""
+        torch.manual_seed(self.seed)
+        cat = self.data.catalog
+        cfg = self.model_cfg
+        if cfg.item_tower == "text+id" and cfg.n_items != cat.n_items:
+            cfg = ModelConfig(**{**cfg.to_dict(), "n_items": cat.n_items})
+        model = CrossDomainModel(cfg, torch.from_numpy(cat.embeddings))
+        lo = cat.target_offset if whiten_on == "target" else 1
+        model.items.adaptor.init_whitening(torch.from_numpy(cat.embeddings[lo:]))
+        return model
+
+
+STRATEGIES: dict[str, Callable[[RunContext], Trained]] = {}
+TRANSFER = ("pretrain_finetune_all", "pretrain_finetune_adaptor", "joint_adversarial", "zero_shot")
+
+
+def strategy(name: str) -> Callable[[Callable[[RunContext], Trained]], Callable[[RunContext], Trained]]:
+    def wrap(fn: Callable[[RunContext], Trained]) -> Callable[[RunContext], Trained]:
+        STRATEGIES[name] = fn
+        return fn
+
+    return wrap
+
+
+def _pretrained(ctx: RunContext) -> tuple[CrossDomainModel, list[EpochLog], float | None]:
+    """Source-domain pretraining (source-only sequences of all training users), cached per seed.
+
+    Early-stopped on the zero-shot validation NDCG@10 (target valid users, mixed history): this
+    selects on validation without any target training.
+    """
+    key = ("pretrained", ctx.seed)
+    if key not in ctx.cache:
+        model = ctx.new_model()
+        seqs = [s.view("source") for u in ctx.data.split_users["train"] if (s := ctx.data.users.get(u)) is not None]
+        phase = Phase("pretrain", seqs, {SOURCE}, view="mixed", max_epochs=ctx.train_cfg.pretrain_epochs)
+        res = train_phase(model, ctx.data, phase, ctx.train_cfg, ctx.seed, ctx.validator("mixed"), ctx.progress)
+        ctx.cache[key] = (model.state_dict(), res.logs, res.best_valid)
+    state, logs, best = ctx.cache[key]
+    model = ctx.new_model()
+    model.load_state_dict(state)
+    return model, list(logs), best
+
+
+def _finetune(ctx: RunContext, name: str, trainable: str) -> Trained:
+    model, logs, _ = _pretrained(ctx)
+    seqs = [s for s in ctx.train_seqs("mixed") if (s.dom == TARGET).any()]
+    res = train_phase(model, ctx.data, Phase(name, seqs, {TARGET}, "mixed", trainable=trainable), ctx.train_cfg, ctx.seed, ctx.validator("mixed"), ctx.progress)
+    return Trained(name, "mixed", model=model, logs=logs + res.logs, best_valid=res.best_valid)
+
+
+@strategy("target_only")
+def target_only(ctx: RunContext) -> Trained:
+    """No transfer: target-domain events only, both in training and in the history at inference."""
+    model = ctx.new_model(whiten_on="target")
+    seqs = [s for s in ctx.train_seqs("target") if s.items.size]
+    res = train_phase(model, ctx.data, Phase("target_only", seqs, {TARGET}, "target"), ctx.train_cfg, ctx.seed, ctx.validator("target"), ctx.progress)
+    return Trained("target_only", "target", model=model, logs=res.logs, best_valid=res.best_valid)
+
+
+@strategy("pretrain_finetune_all")
+def pretrain_finetune_all(ctx: RunContext) -> Trained:
+    return _finetune(ctx, "pretrain_finetune_all", "all")
+
+
+@strategy("pretrain_finetune_adaptor")
+def pretrain_finetune_adaptor(ctx: RunContext) -> Trained:
+    """Keep the source-trained sequence encoder; adapt only the item adaptor and scorer."""
+    return _finetune(ctx, "pretrain_finetune_adaptor", "adaptor")
+
+
+@strategy("joint_adversarial")
+def joint_adversarial(ctx: RunContext) -> Trained:
+    """Both domains' next-item losses at once, plus a gradient-reversed domain discriminator on f_i."""
+    model = ctx.new_model()
+    seqs = ctx.train_seqs("mixed")
+    phase = Phase("joint_adversarial", seqs, {SOURCE, TARGET}, "mixed", adversarial=True)
+    res = train_phase(model, ctx.data, phase, ctx.train_cfg, ctx.seed, ctx.validator("mixed"), ctx.progress)
+    return Trained("joint_adversarial", "mixed", model=model, logs=res.logs, best_valid=res.best_valid)
+
+
+@strategy("zero_shot")
+def zero_shot(ctx: RunContext) -> Trained:
+    """Source-trained model applied to target users with no target training at all."""
+    model, logs, best = _pretrained(ctx)
+    return Trained("zero_shot", "mixed", model=model, logs=logs, best_valid=best)
+
+
+@strategy("popularity")
+def popularity(ctx: RunContext) -> Trained:
+    pop = Popularity.fit(ctx.data, [s for s in ctx.train_seqs("target")])
+    t = Trained("popularity", "target", popularity=pop)
+    t.best_valid = compute_metrics(t.ranks(ctx.data, ctx.eval_set("valid", "target")))["NDCG@10"]
+    return t
+
+
+@strategy("sasrec")
+def sasrec(ctx: RunContext) -> Trained:
+    """ID-based sequential baseline on the target domain only."""
+    torch.manual_seed(ctx.seed)
+    model = sasrec_model(ctx.model_cfg, ctx.data.catalog.n_items)
+    seqs = [s for s in ctx.train_seqs("target") if s.items.size]
+    res = train_phase(model, ctx.data, Phase("sasrec", seqs, {TARGET}, "target"), ctx.train_cfg, ctx.seed, ctx.validator("target"), ctx.progress)
+    return Trained("sasrec", "target", model=model, logs=res.logs, best_valid=res.best_valid)
+
+
+ALL = ("target_only", *TRANSFER, "popularity", "sasrec")
+
+
+def resolve(names: str | list[str]) -> list[str]:
+    """'all' or a comma list -> validated strategy names (unknown names: clear error)."""
+    items = ALL if names in ("all", ["all"]) else ([n.strip() for n in names.split(",")] if isinstance(names, str) else names)
+    unknown = [n for n in items if n not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"unknown strategies {unknown}; known: {sorted(STRATEGIES)}")
+    return list(items)

@@ -1,0 +1,239 @@
+"""Training and full-rank evaluation loops shared by every strategy.
+
+A strategy is a sequence of ``Phase``s (what the model sees, what it predicts, which parameters
+move); this module runs one phase with early stopping on validation NDCG@10 and evaluates a model
+on an EvalSet with one matmul per user batch against all target items.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from crossrec.adaptation.data import BOS_DOMAIN_ID, SOURCE, TARGET, AdaptData, EvalSet, TrainExample, UserSeq, make_train_examples, pad_batch
+from crossrec.adaptation.model import CrossDomainModel, DomainDiscriminator
+from crossrec.evaluation import compute_metrics, rank_batch
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 5e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64  # many small steps: the sparse target data needs steps more than throughput
+    n_negatives: int = 1024  # shared uniform negatives per domain per batch (0 = full softmax)
+    max_epochs: int = 15
+    patience: int = 3
+    pretrain_epochs: int = 8
+    adv_weight: float = 0.1
+    grl_lambda: float = 1.0
+    adv_sample: int = 1024
+    eval_every: int = 1
+    max_seconds: float | None = None  # hard wall-clock cap per phase (nightly window)
+
+
+@dataclass
+class Phase:
+    name: str
+    seqs: list[UserSeq]
+    predict: set[int]
+    view: str  # what the encoder sees at evaluation: 'mixed' | 'target' | 'source'
+    trainable: str = "all"  # 'all' | 'adaptor'
+    adversarial: bool = False
+    max_epochs: int | None = None
+    early_stop: bool = True
+
+
+@dataclass
+class EpochLog:
+    phase: str
+    epoch: int
+    loss: float
+    seconds: float
+    valid_ndcg10: float | None = None
+    adv_loss: float | None = None
+
+
+@dataclass
+class PhaseResult:
+    logs: list[EpochLog] = field(default_factory=list)
+    best_valid: float | None = None
+    best_epoch: int = 0
+
+
+def _token_domains(data: AdaptData, tok: torch.Tensor) -> torch.Tensor:
+    dom = torch.as_tensor(data.catalog.domain, dtype=torch.int64)[tok]
+    dom[:, 0] = BOS_DOMAIN_ID
+    return dom.clamp(min=0)
+
+
+def _candidates(data: AdaptData, lab: torch.Tensor, d: int, n_neg: int, gen: torch.Generator | None) -> torch.Tensor:
+    """Items the softmax runs over for domain ``d``: all of them, or uniform negatives shared by the batch.
+
+    Sampled softmax (own positive + shared uniform negatives): the adaptor runs over ~1k items per
+    step instead of the whole catalogue. Uniform (not in-batch) negatives on purpose: in-batch
+    negatives are popularity-sampled and teach the model to *discount* popular items, which loses
+    to plain popularity under full ranking. Evaluation always ranks against ALL target items.
+    """
+    cat = data.catalog
+    lo, n = cat.offset(d), cat.count(d)
+    if n_neg <= 0 or n_neg >= n:
+        return torch.arange(lo, lo + n)
+    return lo + torch.randint(n, (n_neg,), generator=gen)
+
+
+def _batch_loss(
+    model: CrossDomainModel,
+    data: AdaptData,
+    examples: list[TrainExample],
+    predict: set[int],
+    n_neg: int = 0,
+    gen: torch.Generator | None = None,
+) -> torch.Tensor:
+    cat = data.catalog
+    tok_np, lab_np, len_np = pad_batch(examples)
+    tok, lab, lengths = torch.from_numpy(tok_np), torch.from_numpy(lab_np), torch.from_numpy(len_np)
+    ranges = [_candidates(data, lab, d, n_neg, gen) for d in sorted(predict)]
+    needed = torch.unique(torch.cat([tok[tok > 0], lab[lab > 0]] + ranges))
+    lookup = torch.zeros(cat.n_items, dtype=torch.int64)
+    lookup[needed] = torch.arange(len(needed))
+    vecs = model.item_vecs(needed)
+    tok_vecs = vecs[lookup[tok]]
+    h = model.user_states(tok_vecs, _token_domains(data, tok), lengths)
+    dom_of_lab = torch.as_tensor(cat.domain, dtype=torch.int64)[lab]
+    losses, count = [], 0
+    for d, rng in zip(sorted(predict), ranges):
+        sel = (lab > 0) & (dom_of_lab == d)
+        if not sel.any():
+            continue
+        if n_neg <= 0 or n_neg >= cat.count(d):  # full softmax
+            logits = model.logits(h[sel], vecs[lookup[rng]])
+            losses.append(F.cross_entropy(logits, lab[sel] - cat.offset(d), reduction="sum"))
+        else:
+            q = model.query(h[sel])
+            pos = (q * vecs[lookup[lab[sel]]]).sum(-1, keepdim=True)
+            neg = q @ vecs[lookup[rng]].T
+            neg = neg.masked_fill(rng[None, :] == lab[sel][:, None], float("-inf"))  # accidental hits
+            logits = torch.cat([pos, neg], dim=1) + model.b
+            losses.append(F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.int64), reduction="sum"))
+        count += int(sel.sum())
+    return torch.stack(losses).sum() / max(count, 1)
+
+
+def _adversarial_loss(model: CrossDomainModel, disc: DomainDiscriminator, data: AdaptData, n: int, lam: float, gen: torch.Generator) -> torch.Tensor:
+    cat = data.catalog
+    src = cat.source_offset + torch.randint(cat.n_source, (n,), generator=gen)
+    tgt = cat.target_offset + torch.randint(cat.n_target, (n,), generator=gen)
+    v = model.item_vecs(torch.cat([src, tgt]))
+    y = torch.cat([torch.zeros(n), torch.ones(n)])
+    return F.binary_cross_entropy_with_logits(disc(v, lam), y)
+
+
+def train_phase(
+    model: CrossDomainModel,
+    data: AdaptData,
+    phase: Phase,
+    cfg: TrainConfig,
+    seed: int,
+    validate: Callable[[CrossDomainModel], float] | None,
+    progress: Callable[[str], None] | None = None,
+) -> PhaseResult:
+    """Run one phase; keep the weights of the best validation epoch (restored at the end)."""
+    examples = make_train_examples(phase.seqs, phase.predict, model.cfg.max_len)
+    result = PhaseResult()
+    if not examples:
+        return result
+    for p in model.parameters():
+        p.requires_grad_(phase.trainable == "all")
+    if phase.trainable == "adaptor":
+        for p in model.adaptor_parameters():
+            p.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    disc = DomainDiscriminator(model.cfg.dim) if phase.adversarial else None
+    if disc is not None:
+        params += list(disc.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    best_state, bad, t_phase = None, 0, time.perf_counter()
+    max_epochs = phase.max_epochs or cfg.max_epochs
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        order = rng.permutation(len(examples))
+        total, adv_total, nb = 0.0, 0.0, 0
+        for s in range(0, len(order), cfg.batch_size):
+            batch = [examples[i] for i in order[s : s + cfg.batch_size]]
+            loss = _batch_loss(model, data, batch, phase.predict, cfg.n_negatives, gen)
+            if disc is not None:
+                adv = _adversarial_loss(model, disc, data, cfg.adv_sample, cfg.grl_lambda, gen)
+                adv_total += float(adv.detach())
+                loss = loss + cfg.adv_weight * adv
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            total += float(loss.detach())
+            nb += 1
+        log = EpochLog(phase.name, epoch, total / nb, time.perf_counter() - t0, adv_loss=(adv_total / nb) if disc else None)
+        if validate is not None and phase.early_stop:
+            log.valid_ndcg10 = validate(model)
+            if result.best_valid is None or log.valid_ndcg10 > result.best_valid:
+                result.best_valid, result.best_epoch, bad = log.valid_ndcg10, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+        result.logs.append(log)
+        if progress:
+            v = f" valid NDCG@10={log.valid_ndcg10:.4f}" if log.valid_ndcg10 is not None else ""
+            progress(f"{phase.name} epoch {epoch}: loss={log.loss:.4f} ({log.seconds:.1f}s){v}")
+        if validate is not None and phase.early_stop and bad >= cfg.patience:
+            break
+        if cfg.max_seconds and time.perf_counter() - t_phase > cfg.max_seconds:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return result
+
+
+@torch.no_grad()
+def score_eval_set(model: CrossDomainModel, data: AdaptData, ev: EvalSet, batch_size: int = 256) -> np.ndarray:
+    """1-based ranks of each held-out item among ALL target items, history masked."""
+    model.eval()
+    cat = data.catalog
+    target_vecs = model.item_vecs(torch.arange(cat.target_offset, cat.n_items))
+    ranks = []
+    for s in range(0, len(ev.targets), batch_size):
+        hists = ev.histories[s : s + batch_size]
+        L = max(len(h) for h in hists) + 1
+        tok = torch.zeros(len(hists), L, dtype=torch.int64)
+        for i, h in enumerate(hists):
+            tok[i, 1 : len(h) + 1] = torch.as_tensor(h)
+        lengths = torch.as_tensor([len(h) + 1 for h in hists])
+        needed = torch.unique(tok[tok > 0])
+        vecs = torch.zeros(cat.n_items, model.cfg.dim)
+        if needed.numel():
+            vecs[needed] = model.item_vecs(needed)
+        h = model.user_states(vecs[tok], _token_domains(data, tok), lengths)
+        last = h[torch.arange(len(hists)), lengths - 1]
+        scores = model.logits(last, target_vecs).numpy()
+        ranks.append(rank_batch(scores, ev.targets[s : s + batch_size], ev.masks[s : s + batch_size]))
+    return np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
+
+
+def evaluate(model: CrossDomainModel, data: AdaptData, ev: EvalSet) -> dict[str, float]:
+    return compute_metrics(score_eval_set(model, data, ev))
+
+
+def ndcg10(model: CrossDomainModel, data: AdaptData, ev: EvalSet) -> float:
+    return evaluate(model, data, ev)["NDCG@10"]
+
+
+__all__ = ["TrainConfig", "Phase", "PhaseResult", "EpochLog", "train_phase", "score_eval_set", "evaluate", "ndcg10", "SOURCE", "TARGET"]

@@ -1,0 +1,94 @@
+"""`crossrec adapt`: train + compare every transfer strategy, report, and gate a new model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from crossrec.console import console, err_console
+from crossrec.settings import get_settings
+
+
+def _floats(text: str) -> list[float]:
+    vals = [float(x) for x in text.split(",") if x.strip()]
+    return [v / 100.0 if v > 1.0 else v for v in vals]  # accept 5,10,25 (percent) or 0.05,0.1
+
+
+def adapt(
+    input: Path | None = typer.Option(None, "--input", help="work dir holding clean/ and embeddings/ (default: settings.work_dir)"),
+    output: Path | None = typer.Option(None, "--output", help="where metrics.json and report.html go (default: {work_dir}/adapt)"),
+    strategies: str = typer.Option("all", help="'all' or a comma list of strategy names"),
+    seeds: int = typer.Option(1, help="number of seeds (settings.seed, +1, ...)"),
+    fractions: str = typer.Option("5,10,25,50,100", help="target training-user fractions (percent or 0-1)"),
+    fraction_strategies: str = typer.Option("target_only,best", help="strategies for the fraction curve ('best' = best transfer on validation)"),
+    encoder: str | None = typer.Option(None, help="embedding encoder (default: settings.encoder)"),
+    compare_encoders: str = typer.Option("", help="extra encoders to compare, e.g. 'smollm2' (skipped if no embeddings)"),
+    split: Path | None = typer.Option(None, help="users_split.json (default: {data_dir}/users_split.json if present)"),
+    registry: Path | None = typer.Option(None, help="model registry dir (default: {input}/registry, i.e. {work_dir}/registry)"),
+    promote_margin: float = typer.Option(0.0, help="candidate must beat the current validation NDCG@10 by more than this"),
+    promote: bool = typer.Option(True, help="run the promotion gate (--no-promote only registers)"),
+    max_epochs: int = typer.Option(15, help="max epochs per phase (early stopping on validation)"),
+    patience: int = typer.Option(3, help="early-stopping patience (epochs without a better validation NDCG@10)"),
+    pretrain_epochs: int = typer.Option(8, help="max source-pretraining epochs"),
+    negatives: int = typer.Option(1024, help="shared sampled negatives per batch (0 = full softmax)"),
+    dim: int = typer.Option(64, help="model dimension"),
+    seq_encoder: str = typer.Option("gru", help="user sequence encoder: gru | transformer"),
+    item_tower: str = typer.Option("text+id", help="item side: text (adaptor only) | text+id (adds learned ID offsets; new items still text-only)"),
+    threads: int = typer.Option(2, help="torch CPU threads"),
+) -> None:
+    """Compare target-only, fine-tuning, adversarial joint training, zero-shot and baselines."""
+    from crossrec.adaptation.model import ModelConfig
+    from crossrec.adaptation.pipeline import AdaptOptions, run_adapt
+    from crossrec.adaptation.strategies import resolve
+    from crossrec.adaptation.trainer import TrainConfig
+
+    settings = get_settings()
+    work = Path(input or settings.work_dir)
+    split_path = split or (Path(settings.data_dir) / "users_split.json")
+    try:
+        names = resolve(strategies)
+        opts = AdaptOptions(
+            input_dir=work,
+            output_dir=Path(output or work / "adapt"),
+            strategies=names,
+            seeds=[settings.seed + i for i in range(seeds)],
+            fractions=_floats(fractions),
+            fraction_strategies=[s.strip() for s in fraction_strategies.split(",") if s.strip()],
+            encoder=encoder or settings.encoder,
+            extra_encoders=[e.strip() for e in compare_encoders.split(",") if e.strip()],
+            source_domain=settings.source_domain,
+            target_domain=settings.target_domain,
+            split_path=split_path if split_path.is_file() else None,
+            registry_dir=registry or work / "registry",
+            promote_margin=promote_margin,
+            promote=promote,
+            model=ModelConfig(dim=dim, encoder=seq_encoder, item_tower=item_tower),
+            train=TrainConfig(max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives),
+            threads=threads,
+        )
+        results = run_adapt(opts, say=console.print)
+    except (ValueError, FileNotFoundError) as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    _print_summary(results)
+
+
+def _print_summary(results: dict) -> None:
+    from rich.table import Table
+
+    from crossrec.evaluation import HEADLINE
+
+    table = Table(title="test users (mean ± sd over seeds)")
+    table.add_column("strategy")
+    for m in HEADLINE:
+        table.add_column(m)
+    for name, ms in results["test"].items():
+        table.add_row(name, *[f"{ms[m]['mean']:.4f}±{ms[m]['sd']:.4f}" for m in HEADLINE])
+    console.print(table)
+    console.print(results.get("targets"))
+    console.print(results.get("gate"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("adapt")(adapt)

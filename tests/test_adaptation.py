@@ -1,0 +1,216 @@
+"""Adaptation on a tiny synthetic fixture in the real contracts: data views, training, inference, pipeline.
+
+Real torch throughout (no mocks); the fixture is 40 users x 30 items per domain x 16-d embeddings so
+the whole module runs in seconds on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from crossrec.adaptation.data import SPLIT_CODES, TARGET, load_adapt_data, make_eval_set, make_train_examples
+from crossrec.adaptation.inference import Recommender, load_current
+from crossrec.adaptation.model import ModelConfig
+from crossrec.adaptation.pipeline import AdaptOptions, run_adapt
+from crossrec.adaptation.strategies import STRATEGIES, RunContext, resolve
+from crossrec.adaptation.synthetic import write_synthetic
+from crossrec.adaptation.trainer import TrainConfig
+from crossrec.evaluation import compute_metrics
+from crossrec.registry import ModelRegistry, RegistryError
+
+from conftest import make_settings
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("adapt") / "work", n_users=40, n_items=30, dim=16)
+
+
+@pytest.fixture(scope="module")
+def data(work: Path):
+    return load_adapt_data(work, split_path=work / "users_split.json")
+
+
+def _ctx(data, seed: int = 0, fraction: float = 1.0) -> RunContext:
+    torch.set_num_threads(2)
+    return RunContext(data, ModelConfig(in_dim=16, dim=16, max_len=12), TrainConfig(max_epochs=4, pretrain_epochs=2, patience=2), seed, fraction)
+
+
+def test_loader_layout_and_splits(data) -> None:
+    cat = data.catalog
+    assert cat.n_source == 30 and cat.n_target == 30 and cat.target_offset == 31
+    assert (cat.domain[cat.target_offset :] == TARGET).all() and cat.embeddings.shape == (61, 16)
+    assert sum(len(v) for v in data.split_users.values()) == 40
+    s = next(iter(data.users.values()))
+    assert s.split[s.heldout(SPLIT_CODES["test"])] == SPLIT_CODES["test"]
+
+
+def test_eval_set_history_is_strictly_before_heldout(data) -> None:
+    users = data.split_users["test"]
+    ev = make_eval_set(data, users, SPLIT_CODES["test"], "mixed", None)
+    for u, h, t in zip(ev.user_ids, ev.histories, ev.targets):
+        s = data.users[u]
+        p = s.heldout(SPLIT_CODES["test"])
+        assert list(h) == list(s.items[:p])  # nothing at or after the held-out event
+        assert t == s.items[p] - data.catalog.target_offset
+    target_view = make_eval_set(data, users, SPLIT_CODES["test"], "target", None)
+    assert all((data.catalog.domain[h] == TARGET).all() for h in target_view.histories)
+    cold = make_eval_set(data, users, SPLIT_CODES["test"], "mixed", None, drop_target_history=True)
+    assert cold.cold.all() and all(m.size == 0 for m in cold.masks)
+    assert all((data.catalog.domain[h] != TARGET).all() for h in cold.histories)
+
+
+def test_events_with_unknown_items_are_counted_not_lost_silently(tmp_path: Path) -> None:
+    work = write_synthetic(tmp_path / "w", n_users=12, n_items=9, dim=8)
+    emb_path = work / "embeddings" / "minilm" / "part-0.parquet"
+    emb = pd.read_parquet(emb_path)
+    emb[emb["item_id"] != "art-000"].to_parquet(emb_path, index=False)
+    ev = pd.read_parquet(work / "clean" / "events")
+    n_lost = int(((ev["item_id"] == "art-000")).sum())
+    d = load_adapt_data(work)
+    assert d.dropped["item_without_embedding"] == n_lost > 0
+
+
+def test_train_examples_predict_only_requested_domain(data) -> None:
+    seqs = [data.users[u] for u in data.split_users["train"]]
+    ex = make_train_examples(seqs, {TARGET}, max_len=5)
+    labels = np.concatenate([e.labels for e in ex])
+    assert (data.catalog.domain[labels[labels > 0]] == TARGET).all()
+    assert all(len(e.tokens) == len(e.labels) - 1 <= 4 for e in ex)
+    total_target = sum(int((s.dom == TARGET).sum()) for s in seqs)
+    assert int((labels > 0).sum()) == total_target  # windowing drops no label
+
+
+def test_short_training_learns_and_beats_popularity(data) -> None:
+    ctx = _ctx(data)
+    pop = STRATEGIES["popularity"](ctx)
+    trained = STRATEGIES["pretrain_finetune_all"](ctx)
+    losses = [log.loss for log in trained.logs if log.phase == "pretrain_finetune_all"]
+    assert losses[-1] < losses[0]
+    ev = ctx.eval_set("test", "mixed")
+    m_model = compute_metrics(trained.ranks(data, ev))["NDCG@10"]
+    m_pop = compute_metrics(pop.ranks(data, ctx.eval_set("test", "target")))["NDCG@10"]
+    assert m_model > m_pop
+
+
+def test_sampled_softmax_path_trains(data) -> None:
+    """With fewer negatives than items the trainer takes the sampled-softmax branch."""
+    ctx = RunContext(data, ModelConfig(in_dim=16, dim=16, max_len=12), TrainConfig(max_epochs=4, patience=4, n_negatives=8, batch_size=8), 0, 1.0)
+    trained = STRATEGIES["target_only"](ctx)
+    losses = [log.loss for log in trained.logs]
+    assert len(losses) >= 2 and losses[-1] < losses[0]
+    assert all(np.isfinite(losses))
+
+
+def test_fraction_limits_target_training_users(data) -> None:
+    full, small = _ctx(data, fraction=1.0), _ctx(data, fraction=0.25)
+    assert len(small.target_users()) == int(np.ceil(0.25 * len(full.target_users())))
+    outside = [s for u, s in zip(data.split_users["train"], small.train_seqs("mixed")) if u not in small.target_users()]
+    assert outside and all((s.dom != TARGET).all() for s in outside)
+
+
+def test_unknown_strategy_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown strategies"):
+        resolve("target_only,magic")
+    assert "zero_shot" in resolve("all") and "sasrec" in resolve("all")
+
+
+def _run(work: Path, out: Path, registry: Path, margin: float = 0.0, strategies: str | list = "all", fractions=(0.5, 1.0), item_tower: str = "text+id") -> dict:
+    opts = AdaptOptions(
+        input_dir=work,
+        output_dir=out,
+        strategies=[strategies] if isinstance(strategies, str) else strategies,
+        seeds=[0, 1] if strategies == "all" else [0],
+        fractions=list(fractions),
+        split_path=work / "users_split.json",
+        registry_dir=registry,
+        promote_margin=margin,
+        model=ModelConfig(dim=16, max_len=12, item_tower=item_tower),
+        train=TrainConfig(max_epochs=2, pretrain_epochs=2, patience=1),
+    )
+    return run_adapt(opts, say=lambda s: None)
+
+
+def test_pipeline_end_to_end_report_registry_gate_and_inference(work: Path, data, tmp_path: Path) -> None:
+    registry = tmp_path / "work" / "registry"
+    res = _run(work, tmp_path / "out", registry)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(metrics) == set(resolve("all"))
+    for name in metrics:
+        assert {"NDCG@10", "Recall@10", "Recall@50", "MRR", "Precision@10", "F1@10"} <= set(metrics[name])
+        assert 0.0 <= metrics[name]["NDCG@10"] <= 1.0
+    assert len(res["test"]["target_only"]["NDCG@10"]["values"]) == 2  # two seeds, spread reported
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3
+    assert set(res["fractions"]) >= {"target_only"} and "0.5" in res["fractions"]["target_only"]
+    assert res["gate"]["promoted"] and res["gate"]["registered"] == "v0001"
+
+    # the registered artifact serves: same ranks through the inference API as in the trainer
+    settings = make_settings(tmp_path)
+    rec = load_current(settings)
+    assert rec.version == "v0001" and len(rec.target_items) == 30
+    ev = make_eval_set(data, data.split_users["valid"], SPLIT_CODES["valid"], "mixed", None)
+    hists = [[data.catalog.keys[int(g)] for g in h] for h in ev.histories]
+    tids = [data.catalog.keys[int(t) + data.catalog.target_offset][1] for t in ev.targets]
+    ranks_api = rec.ranks(hists, tids)
+    stored = ModelRegistry(registry).manifest("v0001")["valid_metrics"]["NDCG@10"]
+    assert compute_metrics(ranks_api)["NDCG@10"] == pytest.approx(stored, abs=1e-6)
+
+    # second run with an impossible margin: the gate keeps v0001 and says why
+    res2 = _run(work, tmp_path / "out2", registry, margin=1.0, strategies=["target_only", "popularity"], fractions=())
+    assert res2["gate"]["registered"] == "v0002" and not res2["gate"]["promoted"]
+    assert res2["gate"]["current_rescored_on_today_valid"] and "keeping v0001" in res2["gate"]["reason"]
+    assert load_current(settings).version == "v0001"
+
+
+def test_recommender_scoring_masking_and_new_items(work: Path, tmp_path: Path) -> None:
+    registry = tmp_path / "work" / "registry"
+    _run(work, tmp_path / "out", registry, strategies=["pretrain_finetune_all"], fractions=(), item_tower="text")
+    rec = load_current(make_settings(tmp_path))
+    history = [("art", "art-000"), ("office", "office-003"), ("office", "office-006")]
+    top = rec.score_history(history, k=5, exclude={"office-009"})
+    ids = [i for i, _ in top]
+    assert len(top) == 5 and not {"office-003", "office-006", "office-009"} & set(ids)
+    scores = [s for _, s in top]
+    assert scores == sorted(scores, reverse=True) and all(0.0 < s < 1.0 for s in scores)
+    # unknown history items are skipped and counted, not fatal
+    rec.score_history([("office", "nope")], k=3)
+    assert rec.unknown_items == 1
+    # a new item with text only becomes scorable; an embedding equal to a known item's scores alike
+    emb = pd.read_parquet(work / "embeddings" / "minilm")
+    e3 = np.asarray(emb.loc[emb["item_id"] == "office-012", "embedding"].iloc[0], dtype=np.float32)
+    rec.add_item("office", "office-new", e3)
+    assert "office-new" in rec.target_items
+    full = dict(rec.score_history(history, k=100))
+    assert full["office-new"] == pytest.approx(full["office-012"], rel=1e-5)
+    with pytest.raises(ValueError):
+        rec.add_item("garden", "g-1", e3)
+    batch = rec.top_k_for_users({"u1": history, "u2": []}, k=5)
+    assert [i for i, _ in batch["u1"]] == [i for i, _ in rec.score_history(history, k=5)]
+    assert len(batch["u2"]) == 5
+
+
+def test_hybrid_tower_scores_new_items_from_text_only(work: Path, tmp_path: Path) -> None:
+    """text+id: a new item gets the adaptor's text vector, with no (untrained) ID part."""
+    registry = tmp_path / "work" / "registry"
+    _run(work, tmp_path / "out", registry, strategies=["target_only"], fractions=(), item_tower="text+id")
+    rec = load_current(make_settings(tmp_path))
+    assert rec.config["model"]["item_tower"] == "text+id"
+    emb = pd.read_parquet(work / "embeddings" / "minilm")
+    e = np.asarray(emb.loc[emb["item_id"] == "office-012", "embedding"].iloc[0], dtype=np.float32)
+    rec.add_item("office", "office-new", e)
+    with torch.no_grad():
+        expected = rec.model.raw_item_vecs(torch.from_numpy(e)[None])[0]
+    assert torch.allclose(rec._target_mat[-1], expected)
+    assert "office-new" in dict(rec.score_history([("office", "office-003")], k=31))
+
+
+def test_load_current_without_model_is_clear(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="no current model"):
+        load_current(make_settings(tmp_path))
