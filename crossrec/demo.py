@@ -167,8 +167,8 @@ def nightly_steps() -> list[list[str]]:
     return [
         ["clean"],
         ["embed"],
-        ["features", "apply"],
         ["features", "stats"],
+        ["features", "apply"],
         ["features", "materialize"],
         ["adapt"],
         ["publish"],

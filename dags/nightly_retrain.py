@@ -52,8 +52,8 @@ def nightly_retrain() -> None:
 
     @task.bash
     def materialize_features() -> str:
-        """Feast: register definitions, compute item/user features, materialise to Redis."""
-        return f"{CROSSREC} features apply && {CROSSREC} features stats && {CROSSREC} features materialize"
+        """Feast: compute item/user feature tables, register definitions, materialise to Redis."""
+        return f"{CROSSREC} features stats && {CROSSREC} features apply && {CROSSREC} features materialize"
 
     @task.bash
     def adapt_and_gate() -> str:

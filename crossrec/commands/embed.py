@@ -1,0 +1,35 @@
+"""`crossrec embed`: embed item texts into ``{work_dir}/embeddings/{encoder}/`` (incremental)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+
+def embed(
+    input: Path | None = typer.Option(None, "--input", help="Cleaned items parquet (default {work_dir}/clean/items)."),
+    output: Path | None = typer.Option(None, "--output", help="Embeddings root (default {work_dir}/embeddings)."),
+    encoder: str | None = typer.Option(None, "--encoder", help="minilm | smollm2 (default: settings.encoder)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 (bf16 changes the encoder version: re-embeds all)."),
+    full: bool = typer.Option(False, "--full", help="Ignore previous output and re-embed every item."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    rows_per_partition: int = typer.Option(1024, "--rows-per-partition", min=1),
+) -> None:
+    """Embed each item's text with the chosen encoder; only new or changed items are computed."""
+    from crossrec.embedding.cli_run import run_embed
+
+    stats = run_embed(
+        input=input, output=output, encoder=encoder, dtype=dtype, full=full,
+        batch_size=batch_size, rows_per_partition=rows_per_partition,
+    )
+    if stats is None:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("embed")(embed)
+
+
+

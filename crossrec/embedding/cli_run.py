@@ -1,0 +1,61 @@
+"""The shared main of ``crossrec embed`` and ``jobs/embed_items.py``: settings -> job -> summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from crossrec.console import console, err_console
+from crossrec.embedding.job import EmbedStats, embed_items
+from crossrec.settings import Settings, get_settings
+
+
+def run_embed(
+    *,
+    input: Path | None = None,
+    output: Path | None = None,
+    encoder: str | None = None,
+    dtype: str = "fp32",
+    full: bool = False,
+    batch_size: int = 64,
+    rows_per_partition: int = 1024,
+    settings: Settings | None = None,
+) -> EmbedStats | None:
+    """Run the job with settings defaults; prints a summary table. None (and a message) on bad input."""
+    from crossrec.spark import spark_session
+
+    settings = settings or get_settings()
+    work = Path(settings.work_dir)
+    input = input or work / "clean" / "items"
+    output = output or work / "embeddings"
+    encoder = encoder or settings.encoder
+    if not Path(input).exists():
+        err_console.print(f"[red]error:[/] items input {input} does not exist (run `crossrec clean` first)")
+        return None
+    spark = spark_session(settings, app_name=f"crossrec-embed-{encoder}")
+    try:
+        stats = embed_items(
+            spark, input, output, encoder, dtype=dtype, cache_dir=work / "cache" / "models",
+            batch_size=batch_size, rows_per_partition=rows_per_partition, full=full,
+        )
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        return None
+    console.print(summary_table(stats))
+    return stats
+
+
+def summary_table(stats: EmbedStats) -> Table:
+    table = Table(title=f"crossrec embed ({stats.encoder})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in (
+        ("items in", stats.items_in), ("embedded", stats.embedded), ("kept (unchanged)", stats.kept),
+        ("removed (gone from catalogue)", stats.removed), ("skipped (no text)", stats.skipped_no_text),
+        ("duplicate ids", stats.duplicates), ("embed stage s", f"{stats.embed_seconds:.1f}"),
+        ("items/s (embed stage)", f"{stats.items_per_s:.1f}"), ("total s", f"{stats.seconds:.1f}"),
+        ("encoder version", stats.encoder_version), ("output", stats.output),
+    ):
+        table.add_row(name, str(value))
+    return table

@@ -1,0 +1,68 @@
+"""What runs inside each Spark Python worker: Arrow batches of texts in, Arrow batches of vectors out.
+
+Why ``mapInArrow`` and not a pandas UDF: vectors go back as one flat float32 buffer plus offsets
+(zero-copy into an Arrow ``ListArray``) instead of a pandas column of numpy arrays, which measured
+at half the throughput. The encoder comes from :func:`crossrec.encoders.get_encoder`, which caches
+per process: with Spark's Python worker reuse the model is loaded once per worker, not per task.
+One torch thread per worker, because Spark already runs one worker per core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+OUTPUT_FIELDS = ("domain", "item_id", "embedding", "text_hash", "encoder", "encoder_version")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to build its encoder (pickled into the closure)."""
+
+    encoder: str
+    dtype: str
+    cache_dir: str
+    batch_size: int
+    version: str
+
+
+def vectors_to_arrow(vecs: np.ndarray) -> pa.ListArray:
+    """(n, dim) float32 -> list<float32> without copying the values."""
+    n, dim = vecs.shape
+    flat = pa.array(np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1))
+    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, flat)
+
+
+def make_embed_fn(spec: WorkerSpec) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    def embed_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import torch
+
+        from crossrec.encoders import get_encoder
+
+        torch.set_num_threads(1)
+        enc = get_encoder(spec.encoder, dtype=spec.dtype, threads=1, cache_dir=spec.cache_dir)  # type: ignore[arg-type]
+        if enc.version != spec.version:  # driver and worker must agree, or the hash is a lie
+            raise RuntimeError(f"worker encoder version {enc.version} != driver's {spec.version}")
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            texts = batch.column("text").to_pylist()
+            vecs = enc.encode(texts, batch_size=spec.batch_size)
+            n = batch.num_rows
+            yield pa.RecordBatch.from_arrays(
+                [
+                    batch.column("domain"),
+                    batch.column("item_id"),
+                    vectors_to_arrow(vecs),
+                    batch.column("text_hash"),
+                    pa.array([spec.encoder] * n, pa.string()),
+                    pa.array([spec.version] * n, pa.string()),
+                ],
+                names=list(OUTPUT_FIELDS),
+            )
+
+    return embed_batches

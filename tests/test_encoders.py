@@ -1,0 +1,115 @@
+"""Text encoders with the real model weights (MiniLM from its package, SmolLM2 from its GGUF)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crossrec.encoders import encoder_version, get_encoder
+
+TEXTS = [
+    "acrylic paint set 24 colors | arts crafts sewing painting",
+    "watercolor paint tubes | arts crafts sewing painting",
+    "heavy duty stapler 40 sheets | office products stapling",
+    "ballpoint pens blue 12 pack | office products writing",
+    "",  # an empty text must still give a finite unit vector
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def minilm(cache_dir):
+    return get_encoder("minilm", cache_dir=cache_dir, threads=2)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_minilm_shape_norm_and_dtype(minilm):
+    vecs = minilm.encode(TEXTS)
+    assert vecs.shape == (len(TEXTS), 384) and minilm.dim == 384
+    assert vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+
+def test_minilm_deterministic_and_batching_invariant(minilm):
+    together = minilm.encode(TEXTS, batch_size=2)
+    # one at a time: no padding at all, so this also checks that padding is masked out of the mean
+    alone = np.stack([minilm.encode([t])[0] for t in TEXTS])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_array_equal(minilm.encode(TEXTS, batch_size=2), together)
+
+
+def test_minilm_semantics(minilm):
+    v = minilm.encode(TEXTS[:4])
+    # two paints are closer to each other than a paint to a stapler
+    assert _cos(v[0], v[1]) > _cos(v[0], v[2]) + 0.1
+    assert _cos(v[2], v[3]) > _cos(v[2], v[0])
+
+
+def test_registry_caches_and_validates(minilm, cache_dir):
+    assert get_encoder("minilm", cache_dir=cache_dir) is minilm
+    with pytest.raises(ValueError, match="unknown encoder"):
+        get_encoder("word2vec", cache_dir=cache_dir)
+    with pytest.raises(ValueError, match="dtype"):
+        get_encoder("minilm", dtype="fp16", cache_dir=cache_dir)  # type: ignore[arg-type]
+    assert encoder_version("minilm", "fp32", cache_dir) == minilm.version
+
+
+def test_bf16_is_a_different_version_close_to_fp32(minilm, cache_dir):
+    bf16 = get_encoder("minilm", dtype="bf16", cache_dir=cache_dir, threads=2)
+    assert bf16.version != minilm.version and bf16.version.endswith("bf16")
+    a, b = minilm.encode(TEXTS[:4]), bf16.encode(TEXTS[:4])
+    cos = (a * b).sum(axis=1)
+    assert cos.min() > 0.98
+    assert not np.array_equal(a, b)  # really a different numeric path
+
+
+@pytest.fixture(scope="module")
+def smollm2(cache_dir):
+    return get_encoder("smollm2", cache_dir=cache_dir, threads=2)
+
+
+def test_smollm2_converted_once_and_cached(smollm2, cache_dir):
+    from crossrec.encoders.smollm2 import CENTRE_FILE, META_FILE, ensure_converted
+
+    model_dir = cache_dir / "smollm2"
+    assert (model_dir / META_FILE).is_file() and (model_dir / CENTRE_FILE).is_file()
+    stamp = (model_dir / META_FILE).stat().st_mtime_ns
+    ensure_converted(cache_dir)  # second call must reuse, not convert again
+    assert (model_dir / META_FILE).stat().st_mtime_ns == stamp
+    assert smollm2.version.startswith("smollm2/") and smollm2.version == encoder_version("smollm2", "fp32", cache_dir)
+
+
+def test_smollm2_dims_norm_determinism(smollm2):
+    vecs = smollm2.encode(TEXTS)
+    assert vecs.shape == (len(TEXTS), 576) and smollm2.dim == 576
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(smollm2.encode(TEXTS), vecs, atol=1e-6)
+    alone = np.stack([smollm2.encode([t])[0] for t in TEXTS[2:4]])  # unpadded: padding is masked
+    np.testing.assert_allclose(vecs[2:4], alone, atol=1e-4)
+
+
+def test_smollm2_centring(smollm2):
+    from crossrec.encoders.smollm2 import reference_corpus
+
+    raw_ref = smollm2.encode_raw(reference_corpus()[::8])  # every 8th: 32 texts, keeps the test quick
+    assert smollm2.centre is not None and smollm2.centre.shape == (576,)
+    # the centre removes the shared direction: raw cosines of unrelated texts are near 1,
+    # centred ones are not, and related texts stay closer than unrelated ones
+    raw = smollm2.encode_raw(TEXTS[:4])
+    raw_cos = _cos(raw[0], raw[2])
+    v = smollm2.encode(TEXTS[:4])
+    assert raw_cos > 0.8
+    assert _cos(v[0], v[2]) < raw_cos - 0.2
+    assert _cos(v[0], v[1]) > _cos(v[0], v[2])
+    # the centre is the reference corpus mean: a sample of that corpus, centred, averages to
+    # a small vector compared with the vectors themselves (uncentred it would not)
+    centred = raw_ref - smollm2.centre
+    assert np.linalg.norm(centred.mean(axis=0)) < 0.3 * np.linalg.norm(centred, axis=1).mean()
+    assert np.linalg.norm(raw_ref.mean(axis=0)) > 0.8 * np.linalg.norm(raw_ref, axis=1).mean()

@@ -1,0 +1,138 @@
+"""Feast repo: config from settings, feature tables, and the round trip into the real Redis.
+
+The round trip uses the real Spark embedding job's output, Feast apply + materialise into the
+session's Redis, and reads back through ``get_online_features``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_settings
+from test_embed import catalogue, write_items
+
+from crossrec.embedding import embed_items, output_dir_for
+from crossrec.features.store import redis_connection_string
+from crossrec.features.tables import build_feature_tables, item_stats, user_features
+from crossrec.settings import Settings
+
+
+def test_connection_string_survives_feast_parser(tmp_path):
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    s = make_settings(tmp_path, redis={"url": "redis://10.0.0.5:6390/2", "password": 'p"w\\d=1', "tls": True})
+    nodes, params = RedisOnlineStore._parse_connection_string(redis_connection_string(s))
+    assert nodes == [{"host": "10.0.0.5", "port": "6390"}]
+    assert params == {"db": 2, "password": 'p"w\\d=1', "ssl": True}
+    plain = make_settings(tmp_path, redis={"url": "redis://127.0.0.1:7000/0"})
+    assert redis_connection_string(plain) == "127.0.0.1:7000,db=0"
+    with pytest.raises(ValueError, match="','"):
+        redis_connection_string(make_settings(tmp_path, redis={"url": "redis://h:1/0", "password": "a,b"}))
+
+
+def events_frame() -> pd.DataFrame:
+    """u1: art-00000, art-00001, office-00000 (train) then office-00001 (test); u2: one office item."""
+    rows = [
+        ("u1", "art-00000", "art", 1_000, "train"), ("u1", "art-00001", "art", 2_000, "train"),
+        ("u1", "office-00000", "office", 3_000, "train"), ("u1", "office-00001", "office", 4_000, "test"),
+        ("u2", "office-00000", "office", 86_401_000, "train"), ("u2", "art-00000", "art", 5_000, "train"),
+    ]
+    df = pd.DataFrame(rows, columns=["user_id", "item_id", "domain", "ts_ms", "split"])
+    df["event_id"] = [f"e{k}" for k in range(len(df))]
+    df["event_type"] = "review"
+    df["ts"] = pd.to_datetime(df["ts_ms"], unit="ms", utc=True)
+    df["rating"] = None
+    df["position"] = df.groupby("user_id")["ts_ms"].rank(method="first").astype("int32") - 1
+    return df
+
+
+def test_item_stats_logic():
+    ev = events_frame()
+    stats = item_stats(ev[ev["split"] == "train"]).set_index("item_id")
+    assert stats.loc["office-00000", "interactions"] == 2 and stats.loc["office-00000", "users"] == 2
+    assert stats.loc["office-00000", "popularity"] == 1.0 and stats.loc["office-00000", "popularity_rank"] == 1
+    assert stats.loc["art-00000", "interactions"] == 2 and stats.loc["art-00001", "popularity"] == 0.5
+    assert stats.loc["art-00001", "popularity_rank"] == 2
+    assert "office-00001" not in stats.index  # test-split event not used
+    assert stats.loc["office-00000", "recency_days"] == 0.0
+    assert stats.loc["art-00001", "recency_days"] == pytest.approx(3.0 / 86_400)  # 5_000 - 2_000 ms
+
+
+def test_user_features_logic():
+    ev = events_frame()
+    emb = pd.DataFrame({"item_id": ["art-00000", "office-00000"],
+                        "embedding": [np.array([1, 0, 0], np.float32), np.array([0, 1, 0], np.float32)]})
+    users = user_features(ev[ev["split"] == "train"], emb, n_recent=2).set_index("user_id")
+    assert users.loc["u1", "recent_items"] == ["office-00000", "art-00001"]  # latest first, truncated
+    assert users.loc["u1", "recent_domains"] == ["office", "art"]
+    assert users.loc["u1", "n_events"] == 3
+    np.testing.assert_allclose(users.loc["u1", "user_vector"], [0, 1, 0])  # art-00001 has no embedding
+    np.testing.assert_allclose(users.loc["u2", "user_vector"], np.array([1, 1, 0]) / np.sqrt(2), atol=1e-6)
+
+
+@pytest.fixture()
+def feast_settings(services_settings: Settings, tmp_path: Path, redis_client) -> Settings:
+    """The session's real Redis (flushed by ``redis_client``) with a private work_dir."""
+    return services_settings.model_copy(update={"work_dir": tmp_path / "work"})
+
+
+def test_feast_round_trip(spark, feast_settings: Settings, tmp_path: Path):
+    from crossrec.features.online import online_item_embeddings, online_user_features, verify_item_embeddings
+    from crossrec.features.store import apply, definitions_module, materialize
+
+    work = Path(feast_settings.work_dir)
+    cat = catalogue()
+    items = write_items(cat, tmp_path / "items")
+    cache = tmp_path / "models"
+    embed_items(spark, items, work / "embeddings", "minilm", cache_dir=cache, rows_per_partition=8)
+    emb_dir = output_dir_for(work / "embeddings", "minilm")
+    events_dir = tmp_path / "events"
+    events_frame().to_parquet(events_dir, partition_cols=["domain"])
+    paths = definitions_module().feature_paths(work, "minilm")
+    counts = build_feature_tables(events_dir, emb_dir, {"item_stats": paths["item_stats"], "user_features": paths["user_features"]})
+    assert counts == {"events": 5, "item_stats": 3, "user_features": 2, "users_with_vector": 2}
+
+    store = apply(feast_settings)
+    assert {fv.name for fv in store.list_feature_views()} == {"item_embeddings", "item_stats", "user_features"}
+    assert store.get_feature_service("recommender") is not None
+    materialize(feast_settings, store=store)
+
+    written = pd.read_parquet(emb_dir).set_index("item_id")
+    online = online_item_embeddings(store, list(written.index) + ["office-nope"])
+    assert online.pop("office-nope") is None
+    for item_id, vec in online.items():
+        np.testing.assert_allclose(vec, written.loc[item_id, "embedding"], rtol=0, atol=1e-7)
+    assert verify_item_embeddings(store, emb_dir) == {"items": len(cat), "missing": 0, "mismatched": 0}
+
+    # the feature service gives stats and embeddings in one read
+    resp = store.get_online_features(features=store.get_feature_service("recommender"),
+                                     entity_rows=[{"item_id": "office-00000", "user_id": "u1"}]).to_dict()
+    assert resp["interactions"] == [2] and resp["recent_items"] == [["office-00000", "art-00001", "art-00000"]]
+
+    # the streaming consumer's path: push fresh user features, read them back at once
+    pushed = pd.DataFrame([{
+        "user_id": "u1", "recent_items": ["office-00001", "office-00000"], "recent_domains": ["office", "office"],
+        "n_events": 4, "last_event_ts_ms": 4_000, "user_vector": [0.6, 0.8],
+        "event_timestamp": pd.Timestamp.now(tz="UTC"),
+    }])
+    store.push("user_features_push", pushed)
+    u1 = online_user_features(store, ["u1"])["u1"]
+    assert u1["recent_items"] == ["office-00001", "office-00000"] and u1["n_events"] == 4
+
+    # incremental: change one item, re-embed, incremental materialisation updates only it
+    time.sleep(1.1)
+    changed = cat.copy()
+    changed.loc[changed["item_id"] == "art-00002", "text"] = "a different text | art"
+    write_items(changed, items)
+    stats = embed_items(spark, items, work / "embeddings", "minilm", cache_dir=cache, rows_per_partition=8)
+    assert stats.embedded == 1
+    materialize(feast_settings, ["item_embeddings"], store=store)
+    rewritten = pd.read_parquet(emb_dir).set_index("item_id")
+    after = online_item_embeddings(store, ["art-00002", "art-00001"])
+    np.testing.assert_allclose(after["art-00002"], rewritten.loc["art-00002", "embedding"], atol=1e-7)
+    assert not np.allclose(after["art-00002"], written.loc["art-00002", "embedding"])
+    np.testing.assert_allclose(after["art-00001"], written.loc["art-00001", "embedding"], atol=1e-7)
