@@ -6,6 +6,7 @@ path as `crossrec services up` (never mocks), on ports nobody else uses, torn do
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -15,6 +16,10 @@ import pytest
 
 from crossrec.services import services_down, services_up
 from crossrec.settings import Settings
+
+# py4j logs at INFO from __del__ during interpreter shutdown, after pytest closed the streams a
+# test's logging handler writes to; that noise would otherwise follow the pytest summary.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "amazon-art-office"
