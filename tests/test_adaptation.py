@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from crossrec.adaptation.data import SPLIT_CODES, TARGET, load_adapt_data, make_eval_set, make_train_examples
-from crossrec.adaptation.inference import Recommender, load_current
+from crossrec.adaptation.inference import load_current
 from crossrec.adaptation.model import ModelConfig
 from crossrec.adaptation.pipeline import AdaptOptions, run_adapt
 from crossrec.adaptation.strategies import STRATEGIES, RunContext, resolve
