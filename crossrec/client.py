@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 
 from crossrec.keys import HistoryEvent, KeySchema, RecItem, RecList
 from crossrec.publish import ITEM_FIELDS
-from crossrec.redis_conn import redis_kwargs, redis_url
+from crossrec.redis_conn import async_redis_client, redis_client
 from crossrec.settings import Settings, mask_url_password
 
 MAX_K = 100  # largest k a caller may ask for (lists are published with settings.top_k items)
@@ -381,18 +381,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 # -- the synchronous client --------------------------------------------------------------------
-def sync_redis_client(settings: Settings, *, socket_timeout: float | None = 2.0) -> redis.Redis:
-    """A client on a *blocking* pool: with more concurrent readers than ``max_connections``, a
-    reader waits (up to ``socket_timeout``) for a free connection instead of failing with
-    "Too many connections", which is what a serving path under a burst needs."""
-    pool = redis.BlockingConnectionPool.from_url(
-        redis_url(settings),
-        max_connections=settings.redis.max_connections,
-        timeout=socket_timeout,
-        socket_timeout=socket_timeout,
-        **redis_kwargs(settings),
-    )
-    return redis.Redis(connection_pool=pool)
 
 
 class RecClient:
@@ -416,7 +404,7 @@ class RecClient:
             max_id_len=max_id_len,
             display_ttl_s=display_ttl_s,
         )
-        self.redis = client if client is not None else sync_redis_client(settings, socket_timeout=socket_timeout)
+        self.redis = client if client is not None else redis_client(settings, socket_timeout=socket_timeout)
 
     def close(self) -> None:
         self.redis.close()
@@ -489,16 +477,6 @@ class RecClient:
 
 
 # -- the asyncio client ------------------------------------------------------------------------
-def async_redis_client(settings: Settings, *, socket_timeout: float | None = 2.0) -> aioredis.Redis:
-    """The asyncio twin of :func:`sync_redis_client` (same URL, password, TLS, blocking pool)."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        redis_url(settings),
-        max_connections=settings.redis.max_connections,
-        timeout=socket_timeout,
-        socket_timeout=socket_timeout,
-        **redis_kwargs(settings),
-    )
-    return aioredis.Redis(connection_pool=pool)
 
 
 class AsyncRecClient:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from crossrec.settings import Settings
 
@@ -33,16 +34,34 @@ def redis_url(settings: Settings) -> str:
 def redis_client(
     settings: Settings, *, socket_timeout: float | None = 5.0, pooled: bool = True
 ) -> redis.Redis:
-    """A client for the configured Redis; pooled clients share up to ``max_connections`` sockets."""
+    """A client for the configured Redis; pooled clients share up to ``max_connections`` sockets.
+
+    The pool is a *blocking* one: with more concurrent users than ``max_connections``, a caller
+    waits (up to ``socket_timeout``) for a free connection instead of failing with "Too many
+    connections", which is what a serving path under a burst needs.
+    """
     kwargs = redis_kwargs(settings)
     if not pooled:
         return redis.Redis.from_url(
             redis_url(settings), socket_timeout=socket_timeout, single_connection_client=True, **kwargs
         )
-    pool = redis.ConnectionPool.from_url(
+    pool = redis.BlockingConnectionPool.from_url(
         redis_url(settings),
         max_connections=settings.redis.max_connections,
+        timeout=socket_timeout,
         socket_timeout=socket_timeout,
         **kwargs,
     )
     return redis.Redis(connection_pool=pool)
+
+
+def async_redis_client(settings: Settings, *, socket_timeout: float | None = 5.0) -> aioredis.Redis:
+    """The asyncio twin of :func:`redis_client` (same URL, password, TLS, blocking pool)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        redis_url(settings),
+        max_connections=settings.redis.max_connections,
+        timeout=socket_timeout,
+        socket_timeout=socket_timeout,
+        **redis_kwargs(settings),
+    )
+    return aioredis.Redis(connection_pool=pool)
