@@ -16,7 +16,7 @@ import pandas as pd
 from rich.progress import Progress
 
 from crossrec.adaptation.inference import Recommender, load_current
-from crossrec.keys import HistoryEvent
+from crossrec.keys import HistoryEvent, KeySchema
 from crossrec.publish import ItemDisplay, RecWriter, make_rec_list
 from crossrec.recommend import recommend_many
 from crossrec.settings import Settings
@@ -97,8 +97,6 @@ def publish(settings: Settings, clean_dir: Path, recommender: Recommender | None
 
 def _seed_histories(writer: RecWriter, events: pd.DataFrame, settings: Settings) -> int:
     """Write histories only for users who have none yet (the consumer owns existing ones)."""
-    from crossrec.keys import KeySchema
-
     schema = KeySchema(settings.key_prefix)
     users = events["user_id"].unique().tolist()
     exists: list[int] = []
