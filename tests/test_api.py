@@ -2,7 +2,8 @@
 
 Checks the contract round trip (publisher writes, API returns the same as the Python client), the
 popular fallback, health, the OpenAPI schema, and that every malformed request is a 4xx with a
-readable message, never a 500.
+readable message, never a 500. The hot route is served by a middleware in front of FastAPI's
+router; the framework's route handler serves it behind a ``root_path`` and must answer the same.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from conftest import make_settings
 from fastapi.testclient import TestClient
 from test_client import MODEL, Fixture, populate
 
+from fastapi import FastAPI
+
 from crossrec.client import RecClient
 from crossrec.keys import KeySchema
 from crossrec.publish import RecWriter, make_rec_list
+from crossrec.services import redis_service
 from crossrec.settings import Settings
-from serving.app import create_app
+from serving.app import _RecommendationsFastPath, create_app
 
 
 @pytest.fixture()
@@ -190,3 +194,110 @@ def test_contract_violation_in_redis_is_reported_not_hidden(api: TestClient, red
     res = api.get("/recommendations/office/u1")
     assert res.status_code == 500 and res.json()["error"] == "contract_violation"
     assert "crossrec:recs:office:u1" in res.json()["message"]
+
+
+# -- the fast path and the framework path are one API ----------------------------------------------
+SAME_ANSWER = [
+    "/recommendations/office/{user}",
+    "/recommendations/office/{user}?k=3",
+    "/recommendations/office/{user}?k=%2B3&other=1",
+    "/recommendations/office/{new_user}?k=2",
+    "/recommendations/office/{user}?k=abc",
+    "/recommendations/office/{user}?k=1&k=0",
+    "/recommendations/office/{user}?k=1234567890",
+    "/recommendations/garden/{user}",
+    "/recommendations/office/bad%00id",
+    "/recommendations/office/" + "x" * 129,
+]
+
+
+def _count_fast_path(app: FastAPI, served: list[tuple[str, str]]) -> FastAPI:
+    """Record every request the fast-path middleware answers itself (wraps its render function)."""
+    middleware = next(m for m in app.user_middleware if m.cls is _RecommendationsFastPath)
+    render = middleware.kwargs["render"]
+
+    async def counting(domain: str, user_id: str, query_string: bytes) -> tuple[int, bytes]:
+        served.append((domain, user_id))
+        return await render(domain, user_id, query_string)
+
+    middleware.kwargs["render"] = counting
+    return app
+
+
+def test_behind_a_root_path_the_framework_route_answers_the_same(world: Fixture, services_settings: Settings) -> None:
+    fast_served: list[tuple[str, str]] = []
+    routed_served: list[tuple[str, str]] = []
+    urls = [u.format(user=world.user, new_user=world.new_user) for u in SAME_ANSWER]
+    with (
+        TestClient(_count_fast_path(create_app(services_settings), fast_served)) as fast,
+        # A proxy's root_path makes the middleware step aside: FastAPI's router and handler serve.
+        TestClient(_count_fast_path(create_app(services_settings), routed_served), root_path="/api") as routed,
+    ):
+        for url in urls:
+            a, b = fast.get(url), routed.get(url)
+            assert (a.status_code, a.headers["content-type"]) == (b.status_code, b.headers["content-type"]), url
+            assert a.headers["content-length"] == str(len(a.content))
+            body_a, body_b = a.json(), b.json()
+            if a.status_code == 200:
+                assert abs(body_a.pop("age_s") - body_b.pop("age_s")) < 5
+            assert body_a == body_b, url
+    assert len(fast_served) == len(urls) and routed_served == []  # each client took the path it was meant to
+
+
+def test_only_get_on_the_route_takes_the_fast_path(world: Fixture, services_settings: Settings) -> None:
+    served: list[tuple[str, str]] = []
+    with TestClient(_count_fast_path(create_app(services_settings), served)) as http:
+        assert http.head(f"/recommendations/office/{world.user}").status_code == 405
+        assert http.get(f"/users/{world.user}/history").status_code == 200
+        assert http.get("/recommendations/office/a%2Fb").status_code == 404
+        assert served == []
+        assert http.get(f"/recommendations/office/{world.user}").status_code == 200
+    assert served == [("office", world.user)]
+
+
+# -- Redis connections of the inline backend -------------------------------------------------------
+def test_inline_mode_starts_with_redis_down_and_recovers_after_restarts(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)  # nobody listens on this port yet
+    service = redis_service(settings)
+    with TestClient(create_app(settings, mode="inline"), raise_server_exceptions=False) as http:
+        backend = http.app.state.backend  # type: ignore[attr-defined]
+        assert http.get("/health").status_code == 503 and backend.single_connection is False
+        service.start(timeout_s=20)
+        try:
+            assert http.get("/health").status_code == 200
+            assert backend.single_connection is True  # switched from the pool once Redis answered
+            assert http.get("/recommendations/office/u1").json()["fallback"] is True
+            service.stop()
+            down = http.get("/recommendations/office/u1")
+            assert down.status_code == 503 and down.json()["error"] == "store_unavailable"
+            service.start(timeout_s=20)
+            assert http.get("/recommendations/office/u1").status_code == 200  # the one connection reconnected
+        finally:
+            service.stop()
+
+
+def test_password_protected_redis(tmp_path: Path) -> None:
+    secret = "s3cret-Pa55"
+    protected = make_settings(tmp_path, redis={"url": make_settings(tmp_path).redis.url, "password": secret})
+    service = redis_service(protected)
+    service.start(timeout_s=20)
+    try:
+        writer = RecWriter.from_settings(protected)
+        world = populate(writer)
+        writer.close()
+        for mode in ("inline", "async"):
+            with TestClient(create_app(protected, mode=mode)) as http:
+                body = http.get(f"/recommendations/office/{world.user}?k=3").json()
+                assert [i["item_id"] for i in body["items"]] == world.rec_ids[:3]
+                assert body["items"][0]["because"]["title"] == world.titles[world.because[0]]
+                assert http.get("/health").json()["status"] == "ok"
+        no_password = make_settings(tmp_path, redis={"url": protected.redis.url})
+        wrong = make_settings(tmp_path, redis={"url": protected.redis.url, "password": "nope"})
+        for settings in (no_password, wrong):
+            with TestClient(create_app(settings, mode="inline"), raise_server_exceptions=False) as http:
+                res = http.get(f"/recommendations/office/{world.user}")
+                assert res.status_code == 503 and res.json()["error"] == "store_unavailable"
+                assert "password" in res.json()["message"] or "authentication" in res.json()["message"]
+                assert secret not in res.text and "nope" not in res.text
+    finally:
+        service.stop()
