@@ -93,10 +93,63 @@ def test_short_training_learns_and_beats_popularity(data) -> None:
     trained = STRATEGIES["pretrain_finetune_all"](ctx)
     losses = [log.loss for log in trained.logs if log.phase == "pretrain_finetune_all"]
     assert losses[-1] < losses[0]
-    ev = ctx.eval_set("test", "mixed")
+    ev = ctx.eval_set("test", trained.view)
     m_model = compute_metrics(trained.ranks(data, ev))["NDCG@10"]
     m_pop = compute_metrics(pop.ranks(data, ctx.eval_set("test", "target")))["NDCG@10"]
     assert m_model > m_pop
+
+
+def test_transfer_view_decides_what_the_transfer_strategies_read(data) -> None:
+    """Default 'target': transfer through shared weights only; 'mixed' keeps the interleaved path working."""
+    with pytest.raises(ValueError, match="transfer view"):
+        TrainConfig(transfer_view="sideways")
+    for view in ("target", "mixed"):
+        ctx = RunContext(data, ModelConfig(in_dim=16, dim=16, max_len=12), TrainConfig(max_epochs=2, pretrain_epochs=1, patience=2, transfer_view=view), 0, 1.0)
+        for name in ("zero_shot", "pretrain_finetune_adaptor", "joint_adversarial"):
+            trained = STRATEGIES[name](ctx)
+            assert trained.view == view
+            assert all(np.isfinite(log.loss) for log in trained.logs)
+            ranks = trained.ranks(data, ctx.eval_set("test", view))
+            assert ranks.size and ranks.min() >= 1
+
+
+def test_residual_encoder_starts_from_the_most_recent_item(data) -> None:
+    """Untrained, the residual GRU's state is closest to the last item it read (the item-KNN prior);
+    without the skip path it is not: this is what lets a source-trained model transfer zero-shot."""
+    cat = data.catalog
+    last = torch.arange(cat.target_offset, cat.n_items)
+    dom = torch.stack([torch.full_like(last, 2), torch.ones_like(last)], dim=1)
+    hits = {}
+    for residual in (True, False):
+        torch.manual_seed(0)
+        from crossrec.adaptation.model import CrossDomainModel
+
+        model = CrossDomainModel(ModelConfig(in_dim=16, dim=16, residual=residual, item_tower="text"), torch.from_numpy(cat.embeddings)).eval()
+        model.items.adaptor.init_whitening(torch.from_numpy(cat.embeddings[1:]))
+        with torch.no_grad():
+            vecs = model.item_vecs(last)
+            tok_vecs = torch.stack([torch.zeros_like(vecs), vecs], dim=1)  # [BOS, item]
+            h = model.user_states(tok_vecs, dom, torch.full((len(last),), 2))[:, 1]
+            scores = model.logits(h, vecs)
+        hits[residual] = float((scores.argmax(1) == torch.arange(len(last))).float().mean())
+    assert hits[True] >= 0.8 > hits[False] + 0.3
+
+
+def test_item_knn_is_the_hand_computed_cosine() -> None:
+    """Users {t1,t2}, {t1,t2,t3}, {t3}: cos(t1,t2) = 2/2 = 1, cos(t1,t3) = cos(t2,t3) = 1/2."""
+    from crossrec.adaptation.baselines import ItemKNN
+    from crossrec.adaptation.data import AdaptData, Catalog, EvalSet, UserSeq
+
+    keys = [("", "<pad>"), ("art", "s1"), ("office", "t1"), ("office", "t2"), ("office", "t3")]
+    cat = Catalog(keys, np.array([-1, 0, 1, 1, 1], np.int8), np.zeros((5, 2), np.float32), 1, 2)
+    seq = lambda *g: UserSeq(np.array(g, np.int64), cat.domain[list(g)], np.zeros(len(g), np.int8))  # noqa: E731
+    users = {"a": seq(1, 2, 3), "b": seq(2, 3, 4), "c": seq(4, 1)}
+    data = AdaptData(cat, users, {"train": ["a", "b", "c"], "valid": [], "test": []}, "art", "office", "minilm", "x")
+    knn = ItemKNN.fit(data, list(users.values()))
+    # local target indices: t1=0, t2=1, t3=2; masks = the user's target history
+    ev = EvalSet(["x", "y"], [np.zeros(0, np.int64)] * 2, [np.array([0]), np.array([0, 2])], np.array([2, 1]), np.array([False, False]))
+    # x: history {t1} -> t2 scores 1, t3 scores 1/2 -> t3 ranks 2nd; y: history {t1,t3} -> t2 = 1 + 1/2, rank 1
+    assert knn.ranks(data, ev).tolist() == [2, 1]
 
 
 def test_sampled_softmax_path_trains(data) -> None:
@@ -118,7 +171,7 @@ def test_fraction_limits_target_training_users(data) -> None:
 def test_unknown_strategy_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown strategies"):
         resolve("target_only,magic")
-    assert "zero_shot" in resolve("all") and "sasrec" in resolve("all")
+    assert {"zero_shot", "sasrec", "item_knn"} <= set(resolve("all"))
 
 
 def _run(work: Path, out: Path, registry: Path, margin: float = 0.0, strategies: str | list = "all", fractions=(0.5, 1.0), item_tower: str = "text+id") -> dict:

@@ -62,7 +62,7 @@ class LoadedArtifact:
 def read_artifact(path: Path) -> LoadedArtifact:
     path = Path(path)
     config = json.loads((path / "config.json").read_text())
-    cfg = ModelConfig(**config["model"])
+    cfg = ModelConfig(**{"residual": False, **config["model"]})  # artifacts older than the residual GRU had none
     model = CrossDomainModel(cfg)
     model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
     model.eval()

@@ -33,6 +33,7 @@ class ModelConfig:
     adaptor_dropout: float = 0.2
     temperature: float = 0.07
     encoder: str = "gru"  # "gru" (cheapest on 2 CPU cores) or "transformer" (SASRec-style causal)
+    residual: bool = True  # GRU output + its input (the most recent item): see GRUEncoder
     item_tower: str = "text+id"  # "text" (adaptor over frozen embeddings), "text+id" (plus learned ID offsets) or "id" (SASRec baseline)
     n_items: int = 0  # only for the id tower
 
@@ -152,10 +153,19 @@ class SeqEncoder(nn.Module):
 
 
 class GRUEncoder(nn.Module):
-    """Causal by construction: a GRU over [BOS, f_i + domain embedding]; ~4x cheaper than attention on CPU."""
+    """Causal by construction: a GRU over [BOS, f_i + domain embedding]; ~4x cheaper than attention on CPU.
+
+    With ``residual`` the state at each position is LayerNorm(GRU output + that position's input,
+    i.e. the most recent item), as a transformer's residual stream would carry it. Why: on the
+    Amazon data "the next item resembles the last one" is the strongest single signal (ranking by
+    the last item's raw text embedding alone reaches NDCG@10 ~0.04); the skip path makes that the
+    starting point, so the GRU only learns the correction. Measured on Art-Office (seed 0): target-
+    only test NDCG@10 0.051 -> 0.061, and a source-pretrained model transfers zero-shot (0.0007 -> 0.030).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.residual = cfg.residual
         self.dom = nn.Embedding(3, cfg.dim)
         nn.init.zeros_(self.dom.weight)
         self.bos = nn.Parameter(torch.randn(cfg.dim) * 0.02)
@@ -168,7 +178,7 @@ class GRUEncoder(nn.Module):
         x[:, 0] = self.bos
         x = x + self.dom(tok_dom)
         h, _ = self.gru(self.drop(x))  # right padding never leaks backwards into earlier positions
-        return self.norm(h)
+        return self.norm(h + x if self.residual else h)
 
 
 def make_encoder(cfg: ModelConfig) -> nn.Module:

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from crossrec.adaptation.baselines import Popularity, sasrec_model
+from crossrec.adaptation.baselines import ItemKNN, Popularity, sasrec_model
 from crossrec.adaptation.data import SOURCE, TARGET, AdaptData, EvalSet, UserSeq, make_eval_set, SPLIT_CODES
 from crossrec.adaptation.model import CrossDomainModel, ModelConfig
 from crossrec.evaluation import compute_metrics
@@ -29,19 +29,19 @@ class Trained:
     name: str
     view: str
     model: CrossDomainModel | None = None
-    popularity: Popularity | None = None
+    baseline: Popularity | ItemKNN | None = None  # a training-free scorer instead of a model
     logs: list[EpochLog] = field(default_factory=list)
     best_valid: float | None = None
 
     @property
     def kind(self) -> str:
-        if self.popularity is not None:
-            return "popularity"
+        if self.baseline is not None:
+            return self.name
         return self.model.cfg.item_tower  # type: ignore[union-attr]
 
     def ranks(self, data: AdaptData, ev: EvalSet) -> np.ndarray:
-        if self.popularity is not None:
-            return self.popularity.ranks(data, ev)
+        if self.baseline is not None:
+            return self.baseline.ranks(data, ev)
         return score_eval_set(self.model, data, ev)  # type: ignore[arg-type]
 
 
@@ -119,15 +119,16 @@ def strategy(name: str) -> Callable[[Callable[[RunContext], Trained]], Callable[
 def _pretrained(ctx: RunContext) -> tuple[CrossDomainModel, list[EpochLog], float | None]:
     """Source-domain pretraining (source-only sequences of all training users), cached per seed.
 
-    Early-stopped on the zero-shot validation NDCG@10 (target valid users, mixed history): this
-    selects on validation without any target training.
+    Early-stopped on the zero-shot validation NDCG@10 (target valid users, in the transfer view):
+    this selects on validation without any target training.
     """
-    key = ("pretrained", ctx.seed)
+    view = ctx.train_cfg.transfer_view
+    key = ("pretrained", ctx.seed, view)
     if key not in ctx.cache:
         model = ctx.new_model()
         seqs = [s.view("source") for u in ctx.data.split_users["train"] if (s := ctx.data.users.get(u)) is not None]
-        phase = Phase("pretrain", seqs, {SOURCE}, view="mixed", max_epochs=ctx.train_cfg.pretrain_epochs)
-        res = train_phase(model, ctx.data, phase, ctx.train_cfg, ctx.seed, ctx.validator("mixed"), ctx.progress)
+        phase = Phase("pretrain", seqs, {SOURCE}, view=view, max_epochs=ctx.train_cfg.pretrain_epochs)
+        res = train_phase(model, ctx.data, phase, ctx.train_cfg, ctx.seed, ctx.validator(view), ctx.progress)
         ctx.cache[key] = (model.state_dict(), res.logs, res.best_valid)
     state, logs, best = ctx.cache[key]
     model = ctx.new_model()
@@ -137,9 +138,10 @@ def _pretrained(ctx: RunContext) -> tuple[CrossDomainModel, list[EpochLog], floa
 
 def _finetune(ctx: RunContext, name: str, trainable: str) -> Trained:
     model, logs, _ = _pretrained(ctx)
-    seqs = [s for s in ctx.train_seqs("mixed") if (s.dom == TARGET).any()]
-    res = train_phase(model, ctx.data, Phase(name, seqs, {TARGET}, "mixed", trainable=trainable), ctx.train_cfg, ctx.seed, ctx.validator("mixed"), ctx.progress)
-    return Trained(name, "mixed", model=model, logs=logs + res.logs, best_valid=res.best_valid)
+    view = ctx.train_cfg.transfer_view
+    seqs = [s for s in ctx.train_seqs(view) if (s.dom == TARGET).any()]
+    res = train_phase(model, ctx.data, Phase(name, seqs, {TARGET}, view, trainable=trainable), ctx.train_cfg, ctx.seed, ctx.validator(view), ctx.progress)
+    return Trained(name, view, model=model, logs=logs + res.logs, best_valid=res.best_valid)
 
 
 @strategy("target_only")
@@ -164,25 +166,43 @@ def pretrain_finetune_adaptor(ctx: RunContext) -> Trained:
 
 @strategy("joint_adversarial")
 def joint_adversarial(ctx: RunContext) -> Trained:
-    """Both domains' next-item losses at once, plus a gradient-reversed domain discriminator on f_i."""
+    """Both domains' next-item losses at once, plus a gradient-reversed domain discriminator on f_i.
+
+    In the 'target' transfer view each domain's events are their own sequences (what is shared is
+    the adaptor and the encoder, as in multi-domain pretraining); in the 'mixed' view the encoder
+    reads each user's interleaved history.
+    """
     model = ctx.new_model()
-    seqs = ctx.train_seqs("mixed")
-    phase = Phase("joint_adversarial", seqs, {SOURCE, TARGET}, "mixed", adversarial=True)
-    res = train_phase(model, ctx.data, phase, ctx.train_cfg, ctx.seed, ctx.validator("mixed"), ctx.progress)
-    return Trained("joint_adversarial", "mixed", model=model, logs=res.logs, best_valid=res.best_valid)
+    view = ctx.train_cfg.transfer_view
+    if view == "mixed":
+        seqs = ctx.train_seqs("mixed")
+    else:
+        seqs = [s.view("source") for s in ctx.train_seqs("mixed")] + [s for s in ctx.train_seqs("target") if s.items.size]
+    phase = Phase("joint_adversarial", seqs, {SOURCE, TARGET}, view, adversarial=True)
+    res = train_phase(model, ctx.data, phase, ctx.train_cfg, ctx.seed, ctx.validator(view), ctx.progress)
+    return Trained("joint_adversarial", view, model=model, logs=res.logs, best_valid=res.best_valid)
 
 
 @strategy("zero_shot")
 def zero_shot(ctx: RunContext) -> Trained:
     """Source-trained model applied to target users with no target training at all."""
     model, logs, best = _pretrained(ctx)
-    return Trained("zero_shot", "mixed", model=model, logs=logs, best_valid=best)
+    return Trained("zero_shot", ctx.train_cfg.transfer_view, model=model, logs=logs, best_valid=best)
 
 
 @strategy("popularity")
 def popularity(ctx: RunContext) -> Trained:
-    pop = Popularity.fit(ctx.data, [s for s in ctx.train_seqs("target")])
-    t = Trained("popularity", "target", popularity=pop)
+    return _baseline(ctx, "popularity", Popularity.fit(ctx.data, ctx.train_seqs("target")))
+
+
+@strategy("item_knn")
+def item_knn(ctx: RunContext) -> Trained:
+    """Co-occurrence item-KNN on the target domain (no training, no text, no transfer)."""
+    return _baseline(ctx, "item_knn", ItemKNN.fit(ctx.data, ctx.train_seqs("target")))
+
+
+def _baseline(ctx: RunContext, name: str, scorer: Popularity | ItemKNN) -> Trained:
+    t = Trained(name, "target", baseline=scorer)
     t.best_valid = compute_metrics(t.ranks(ctx.data, ctx.eval_set("valid", "target")))["NDCG@10"]
     return t
 
@@ -197,7 +217,7 @@ def sasrec(ctx: RunContext) -> Trained:
     return Trained("sasrec", "target", model=model, logs=res.logs, best_valid=res.best_valid)
 
 
-ALL = ("target_only", *TRANSFER, "popularity", "sasrec")
+ALL = ("target_only", *TRANSFER, "popularity", "item_knn", "sasrec")
 
 
 def resolve(names: str | list[str]) -> list[str]:

@@ -35,6 +35,7 @@ def adapt(
     dim: int = typer.Option(64, help="model dimension"),
     seq_encoder: str = typer.Option("gru", help="user sequence encoder: gru | transformer"),
     item_tower: str = typer.Option("text+id", help="item side: text (adaptor only) | text+id (adds learned ID offsets; new items still text-only)"),
+    transfer_view: str = typer.Option("target", help="history the transfer strategies read: target (transfer through shared weights) | mixed (also the user's source history)"),
     threads: int = typer.Option(2, help="torch CPU threads"),
 ) -> None:
     """Compare target-only, fine-tuning, adversarial joint training, zero-shot and baselines."""
@@ -64,7 +65,7 @@ def adapt(
             promote_margin=promote_margin,
             promote=promote,
             model=ModelConfig(dim=dim, encoder=seq_encoder, item_tower=item_tower),
-            train=TrainConfig(max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives),
+            train=TrainConfig(max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives, transfer_view=transfer_view),
             threads=threads,
         )
         results = run_adapt(opts, say=console.print)
