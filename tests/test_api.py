@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pytest
 from conftest import make_settings
 from fastapi.testclient import TestClient
-from test_client import MODEL, Fixture, populate
+from test_client import MODEL, Fixture, populate, protected_world
 
 from fastapi import FastAPI
 
@@ -278,13 +278,7 @@ def test_inline_mode_starts_with_redis_down_and_recovers_after_restarts(tmp_path
 
 def test_password_protected_redis(tmp_path: Path) -> None:
     secret = "s3cret-Pa55"
-    protected = make_settings(tmp_path, redis={"url": make_settings(tmp_path).redis.url, "password": secret})
-    service = redis_service(protected)
-    service.start(timeout_s=20)
-    try:
-        writer = RecWriter.from_settings(protected)
-        world = populate(writer)
-        writer.close()
+    with protected_world(tmp_path, secret) as (protected, world):
         for mode in ("inline", "async"):
             with TestClient(create_app(protected, mode=mode)) as http:
                 body = http.get(f"/recommendations/office/{world.user}?k=3").json()
@@ -299,5 +293,3 @@ def test_password_protected_redis(tmp_path: Path) -> None:
                 assert res.status_code == 503 and res.json()["error"] == "store_unavailable"
                 assert "password" in res.json()["message"] or "authentication" in res.json()["message"]
                 assert secret not in res.text and "nope" not in res.text
-    finally:
-        service.stop()

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,8 +255,9 @@ def test_unreachable_redis_is_a_clear_error(tmp_path: Path) -> None:
             c.get("u1", "office", 10)
 
 
-def test_password_protected_redis(tmp_path: Path) -> None:
-    secret = "s3cret-Pa55"
+@contextmanager
+def protected_world(tmp_path: Path, secret: str) -> Iterator[tuple[Settings, Fixture]]:
+    """A real redis-server that requires ``secret``, populated through the publisher; stopped after."""
     protected = make_settings(tmp_path, redis={"url": make_settings(tmp_path).redis.url, "password": secret})
     service = redis_service(protected)
     service.start(timeout_s=20)
@@ -262,6 +265,14 @@ def test_password_protected_redis(tmp_path: Path) -> None:
         writer = RecWriter.from_settings(protected)
         world = populate(writer)
         writer.close()
+        yield protected, world
+    finally:
+        service.stop()
+
+
+def test_password_protected_redis(tmp_path: Path) -> None:
+    secret = "s3cret-Pa55"
+    with protected_world(tmp_path, secret) as (protected, world):
         with RecClient(protected) as c:
             recs = c.get(world.user, "office", 5)
             assert [r.item_id for r in recs.items] == world.rec_ids[:5]
@@ -275,8 +286,6 @@ def test_password_protected_redis(tmp_path: Path) -> None:
             c.get(world.user, "office", 5)
         for err in (missing.value, refused.value):
             assert secret not in str(err) and "nope" not in str(err)
-    finally:
-        service.stop()
 
 
 # -- the `crossrec recs` command reads through the client ------------------------------------------
