@@ -150,6 +150,10 @@ def test_item_knn_is_the_hand_computed_cosine() -> None:
     ev = EvalSet(["x", "y"], [np.zeros(0, np.int64)] * 2, [np.array([0]), np.array([0, 2])], np.array([2, 1]), np.array([False, False]))
     # x: history {t1} -> t2 scores 1, t3 scores 1/2 -> t3 ranks 2nd; y: history {t1,t3} -> t2 = 1 + 1/2, rank 1
     assert knn.ranks(data, ev).tolist() == [2, 1]
+    np.testing.assert_allclose(knn.scores([np.array([0])]), [[1.0, 1.0, 0.5]])  # self-similarity 1 (masked in ranking)
+    # from the source history: s1 is held by a (t1, t2) and c (t3): each 1 / sqrt(|U_s1| |U_tj|) = 1/2
+    cross = ItemKNN.fit(data, list(users.values()), history_domain=0)
+    np.testing.assert_allclose(cross.scores([np.array([0]), np.zeros(0, np.int64)]), [[0.5, 0.5, 0.5], [0.0, 0.0, 0.0]])
 
 
 def test_sampled_softmax_path_trains(data) -> None:

@@ -48,44 +48,52 @@ class Popularity:
 
 @dataclass
 class ItemKNN:
-    """Target item-item cosine over co-occurrence in training users' target histories.
+    """Target item-item cosine over co-occurrence in training users' histories.
 
-    score(u, j) = sum over the user's target history items i of |U_i & U_j| / sqrt(|U_i| |U_j|),
-    computed as two sparse products per user batch (history -> users -> items), so the 19.7k^2
-    co-occurrence matrix is never materialised.
+    score(u, j) = sum over the user's history items i of |U_i & U_j| / sqrt(|U_i| |U_j|), computed
+    as two sparse products per user batch (history -> users -> items), so the item-item matrix is
+    never materialised. The history items are target items for the baseline; ``history_domain=
+    SOURCE`` scores office items from art items instead (benchmarks/bench_transfer_signal.py).
     """
 
-    by_user: torch.Tensor  # sparse COO (n_users, n_target): [u has j] / sqrt(|U_j|)
-    by_item: torch.Tensor  # its transpose, coalesced once (sparse @ dense needs the row-major form)
-    inv_sqrt_deg: torch.Tensor  # (n_target,)
+    by_user: torch.Tensor  # sparse COO (n_users, n_history_items): [u has i] / sqrt(|U_i|)
+    by_item: torch.Tensor  # sparse COO (n_target, n_users): [u has j] / sqrt(|U_j|)
+    n_history_items: int
 
     @classmethod
-    def fit(cls, data: AdaptData, seqs: list[UserSeq]) -> "ItemKNN":
+    def fit(cls, data: AdaptData, seqs: list[UserSeq], history_domain: int = TARGET) -> "ItemKNN":
         cat = data.catalog
-        rows, cols = [], []
-        for u, s in enumerate(seqs):
-            t = np.unique(s.items[s.dom == TARGET]) - cat.target_offset
-            rows.append(np.full(t.size, u))
-            cols.append(t)
-        r = torch.from_numpy(np.concatenate(rows) if rows else np.zeros(0, np.int64))
-        c = torch.from_numpy(np.concatenate(cols) if cols else np.zeros(0, np.int64))
-        deg = torch.bincount(c, minlength=cat.n_target).double()
-        inv = torch.where(deg > 0, deg.rsqrt(), torch.zeros_like(deg))
-        shape = (max(len(seqs), 1), cat.n_target)
-        by_user = torch.sparse_coo_tensor(torch.stack([r, c]), inv[c], shape, check_invariants=True).coalesce()
-        by_item = torch.sparse_coo_tensor(torch.stack([c, r]), inv[c], shape[::-1], check_invariants=True).coalesce()
-        return cls(by_user=by_user, by_item=by_item, inv_sqrt_deg=inv)
+
+        def incidence(dom: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+            for u, s in enumerate(seqs):
+                items = np.unique(s.items[s.dom == dom]) - cat.offset(dom)
+                rows.append(np.full(items.size, u))
+                cols.append(items)
+            r, c = torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(cols))
+            deg = torch.bincount(c, minlength=cat.count(dom)).double()
+            return r, c, torch.where(deg > 0, deg.rsqrt(), torch.zeros_like(deg))
+
+        n_users = max(len(seqs), 1)
+        r, c, inv = incidence(history_domain)
+        by_user = torch.sparse_coo_tensor(torch.stack([r, c]), inv[c], (n_users, cat.count(history_domain)), check_invariants=True)
+        r, c, inv = incidence(TARGET)
+        by_item = torch.sparse_coo_tensor(torch.stack([c, r]), inv[c], (cat.n_target, n_users), check_invariants=True)
+        return cls(by_user=by_user.coalesce(), by_item=by_item.coalesce(), n_history_items=cat.count(history_domain))
+
+    def scores(self, histories: list[np.ndarray]) -> np.ndarray:
+        """(len(histories), n_target) scores for users with these histories (local indices of the history domain)."""
+        h = torch.zeros(len(histories), self.n_history_items, dtype=torch.float64)
+        for i, items in enumerate(histories):
+            h[i, torch.from_numpy(np.asarray(items, np.int64))] = 1.0
+        via_users = torch.sparse.mm(self.by_user, h.T)  # (n_users, batch): sum over history i of [u has i] / sqrt(|U_i|)
+        return torch.sparse.mm(self.by_item, via_users).T.numpy()  # (batch, n_target): the cosine sum
 
     def ranks(self, data: AdaptData, ev: EvalSet, batch_size: int = 256) -> np.ndarray:
         out = []
         for s in range(0, len(ev.targets), batch_size):
-            masks = ev.masks[s : s + batch_size]  # = the user's target history items (local idx)
-            h = torch.zeros(len(masks), self.inv_sqrt_deg.numel(), dtype=torch.float64)
-            for i, m in enumerate(masks):
-                h[i, torch.from_numpy(np.asarray(m, np.int64))] = 1.0
-            via_users = torch.sparse.mm(self.by_user, h.T)  # (n_users, batch): sum over history i of [u has i] / sqrt(|U_i|)
-            scores = torch.sparse.mm(self.by_item, via_users).T  # (batch, n_target): the cosine sum
-            out.append(rank_batch(scores.numpy(), ev.targets[s : s + batch_size], masks))
+            masks = ev.masks[s : s + batch_size]  # = the user's (full) target history
+            out.append(rank_batch(self.scores(masks), ev.targets[s : s + batch_size], masks))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
