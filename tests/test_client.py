@@ -317,3 +317,79 @@ def test_recs_command_prints_the_list(world: Fixture, services_settings: Setting
 
     bad = _cli(services_settings, world.user, "--domain", "garden")
     assert bad.returncode == 1 and "unknown domain 'garden'" in bad.stderr + bad.stdout
+
+
+def _tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA plus a server certificate for 127.0.0.1 signed by it (valid one day)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, srv_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crossrec-test-ca")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
+    )
+    srv = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(srv_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(srv.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(srv_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return paths
+
+
+@contextmanager
+def tls_redis(folder: Path) -> Iterator[tuple[int, Path]]:
+    """A real redis-server that only speaks TLS (no plain port); yields (port, CA file)."""
+    import redis as redis_py
+    from conftest import free_port
+
+    ca, cert, key = _tls_files(folder)
+    port = free_port()
+    argv = ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if redis_py.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(ca), socket_timeout=1).ping():
+                    break
+            except redis_py.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        yield port, ca
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_tls_redis_round_trip_and_certificate_checks(tmp_path: Path) -> None:
+    """settings.redis.tls + tls_ca_cert: publisher and client talk TLS and verify the server."""
+    with tls_redis(tmp_path) as (port, ca):
+        url = f"redis://127.0.0.1:{port}/0"
+        tls = make_settings(tmp_path, redis={"url": url, "tls": True, "tls_ca_cert": ca})
+        writer = RecWriter.from_settings(tls)
+        world = populate(writer)
+        writer.close()
+        with RecClient(tls) as c:
+            assert [r.item_id for r in c.get(world.user, "office", 5).items] == world.rec_ids[:5]
+        untrusted = make_settings(tmp_path, redis={"url": url, "tls": True})  # system CAs do not know our CA
+        plain = make_settings(tmp_path, redis={"url": url})  # no TLS against a TLS-only port
+        for settings in (untrusted, plain):
+            with RecClient(settings, socket_timeout=2) as c, pytest.raises(StoreUnavailableError):
+                c.get(world.user, "office", 5)
