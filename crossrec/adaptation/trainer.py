@@ -38,8 +38,9 @@ class TrainConfig:
     # What the transfer strategies' encoder reads: 'target' = the user's target-domain history
     # (transfer is through the shared adaptor + encoder weights, as in UniSRec), 'mixed' = both
     # domains interleaved (transfer also through the user's source history). On Art-Office the
-    # source history barely predicts office items (item-KNN from it: NDCG@10 ~0.003), and the
-    # mixed view measured worse (finetune-all test NDCG@10 0.059 mixed vs 0.064 target, seed 0).
+    # source history barely predicts office items (item-KNN from it: NDCG@10 ~0.003, below
+    # popularity; benchmarks/bench_transfer_signal.py), and the mixed view measured worse
+    # (finetune-all test NDCG@10 0.042-0.059 mixed, by residual variant, vs 0.064 target; seed 42).
     transfer_view: str = "target"
 
     def __post_init__(self) -> None:
