@@ -87,7 +87,7 @@ def main() -> None:
             rows.setdefault(name, []).append(ndcg(scores))
     base = rows["item-KNN from the target history (no transfer)"]
     for name, (valid, test) in rows.items():
-        rel = "" if name.startswith("item-KNN from") else f"  ({test / base[1] - 1:+.1%} vs item-KNN)" if "+" in name else ""
+        rel = f"  ({test / base[1] - 1:+.1%} vs item-KNN)" if name.startswith("item-KNN target +") else ""
         table.add_row(name, f"{valid:.4f}", f"{test:.4f}{rel}")
     console.print(table)
     console.print(f"{len(data.split_users['valid'])} valid / {len(data.split_users['test'])} test users; {time.perf_counter() - t0:.0f}s")
