@@ -31,6 +31,16 @@ def redis_url(settings: Settings) -> str:
     return url
 
 
+def _pool_kwargs(settings: Settings, socket_timeout: float | None) -> dict[str, Any]:
+    """What the sync and asyncio blocking pools share: size, wait/socket timeouts, password, TLS."""
+    return {
+        "max_connections": settings.redis.max_connections,
+        "timeout": socket_timeout,
+        "socket_timeout": socket_timeout,
+        **redis_kwargs(settings),
+    }
+
+
 def redis_client(
     settings: Settings, *, socket_timeout: float | None = 5.0, pooled: bool = True
 ) -> redis.Redis:
@@ -45,23 +55,11 @@ def redis_client(
         return redis.Redis.from_url(
             redis_url(settings), socket_timeout=socket_timeout, single_connection_client=True, **kwargs
         )
-    pool = redis.BlockingConnectionPool.from_url(
-        redis_url(settings),
-        max_connections=settings.redis.max_connections,
-        timeout=socket_timeout,
-        socket_timeout=socket_timeout,
-        **kwargs,
-    )
+    pool = redis.BlockingConnectionPool.from_url(redis_url(settings), **_pool_kwargs(settings, socket_timeout))
     return redis.Redis(connection_pool=pool)
 
 
 def async_redis_client(settings: Settings, *, socket_timeout: float | None = 5.0) -> aioredis.Redis:
     """The asyncio twin of :func:`redis_client` (same URL, password, TLS, blocking pool)."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        redis_url(settings),
-        max_connections=settings.redis.max_connections,
-        timeout=socket_timeout,
-        socket_timeout=socket_timeout,
-        **redis_kwargs(settings),
-    )
+    pool = aioredis.BlockingConnectionPool.from_url(redis_url(settings), **_pool_kwargs(settings, socket_timeout))
     return aioredis.Redis(connection_pool=pool)
