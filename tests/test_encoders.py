@@ -113,3 +113,52 @@ def test_smollm2_centring(smollm2):
     centred = raw_ref - smollm2.centre
     assert np.linalg.norm(centred.mean(axis=0)) < 0.3 * np.linalg.norm(centred, axis=1).mean()
     assert np.linalg.norm(raw_ref.mean(axis=0)) > 0.8 * np.linalg.norm(raw_ref, axis=1).mean()
+
+
+def test_fused_forward_matches_the_hf_module(minilm):
+    """MiniLM's fused oneDNN forward gives BertModel's hidden states, with and without padding."""
+    import torch
+
+    ids = minilm.tokenize(TEXTS[:4])
+    longest = max(len(x) for x in ids)
+    input_ids = torch.tensor([x + [0] * (longest - len(x)) for x in ids])
+    mask = torch.tensor([[1] * len(x) + [0] * (longest - len(x)) for x in ids])
+    with torch.inference_mode():
+        ref = minilm.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        got = minilm._hidden(input_ids, mask)
+        np.testing.assert_allclose((got * mask[..., None]).numpy(), (ref * mask[..., None]).numpy(), atol=2e-5)
+        same_len = torch.tensor([ids[0], ids[0][::-1]])  # no padding: the mask-free path
+        np.testing.assert_allclose(minilm._hidden(same_len, None).numpy(),
+                                   minilm.model(input_ids=same_len).last_hidden_state.numpy(), atol=2e-5)
+
+
+def test_bf16_padding_is_masked(cache_dir):
+    bf16 = get_encoder("minilm", dtype="bf16", cache_dir=cache_dir, threads=2)
+    together = bf16.encode(TEXTS[:4], batch_size=4)
+    alone = np.stack([bf16.encode([t])[0] for t in TEXTS[:4]])
+    assert (together * alone).sum(axis=1).min() > 0.999
+
+
+def test_batches_cover_every_text_once_with_little_padding(minilm):
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(8, 60, 3000), [120, 131, 200, 256]])  # a long, sparse tail
+    batches = minilm.batches(lengths)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    assert padded / lengths.sum() - 1 < 0.01
+    for b in batches:
+        assert len(b) * lengths[b].max() <= max(minilm.batch_tokens, lengths[b].max())
+        if len(set(lengths[b])) > 1:  # only rare lengths are merged, and only with little padding
+            assert (lengths[b].max() * len(b) - lengths[b].sum()) <= minilm.max_pad_share * lengths[b].max() * len(b)
+    assert all(len(b) <= 16 for b in minilm.batches(lengths, batch_size=16))
+
+
+def test_useful_flops_formula(minilm):
+    """2 t P for the linear maps + 4 t^2 h L for QK^T and AV, no pooler, no padding."""
+    h, inner, layers = 384, 1536, 6
+    per_layer = 3 * h * h + h * h + 2 * h * inner
+    assert minilm.linear_weights == layers * per_layer
+    t = np.array([10, 32])
+    expected = sum(2 * x * layers * per_layer + 4 * x * x * h * layers for x in t)
+    assert minilm.useful_flops(t) == pytest.approx(expected)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crossrec.encoders.base import Dtype, TextEncoder, file_digest, offline_env
+
+if TYPE_CHECKING:
+    import torch
 
 POOLING = "mean-l2-v1"
 
@@ -28,6 +32,18 @@ def minilm_dir() -> Path:
 class MiniLMEncoder(TextEncoder):
     name = "minilm"
     max_length = 256  # sentence-transformers' max_seq_length for this model
+
+    def __init__(self, model, tokenizer, dtype: Dtype = "fp32", threads: int | None = 1) -> None:
+        import torch
+
+        from crossrec.encoders.fused_bert import FusedBert
+
+        super().__init__(model, tokenizer, dtype=dtype, threads=threads)
+        self.fused = FusedBert(self.model, torch.bfloat16 if dtype == "bf16" else torch.float32)
+
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The fused forward (same numbers as ``BertModel``, ~15 % faster: see fused_bert)."""
+        return self.fused(input_ids, attention_mask)
 
 
 def load_minilm(dtype: Dtype, threads: int | None, cache_dir: Path) -> MiniLMEncoder:

@@ -49,8 +49,9 @@ def get_encoder(
 ) -> TextEncoder:
     """The encoder ``name`` (``minilm`` | ``smollm2``), loaded once per process and dtype.
 
-    ``threads`` sets torch's intra-op threads when encoding (1 inside Spark workers, where the
-    parallelism comes from the workers; ``None`` leaves torch's default). ``cache_dir`` is where
+    ``threads`` is how many cores encoding uses: 1 inside Spark workers (the parallelism comes
+    from the workers), n > 1 = n forward batches at a time, each on one torch thread (see
+    ``TextEncoder.encode_raw``), ``None`` = one batch at a time with torch's own threads. ``cache_dir`` is where
     converted models and derived artefacts (SmolLM2's centre) are kept.
     """
     if name not in ENCODER_NAMES:

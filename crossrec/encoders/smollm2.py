@@ -117,6 +117,7 @@ def _convert(gguf: Path, target: Path) -> None:
 class SmolLM2Encoder(TextEncoder):
     name = "smollm2"
     max_length = 128  # catalogue texts are short; caps the cost of the odd long description
+    causal = True
 
 
 def _build(model_dir: Path, dtype: Dtype, threads: int | None) -> SmolLM2Encoder:
