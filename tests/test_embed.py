@@ -51,6 +51,7 @@ def cache_dir(tmp_path_factory):
 
 
 def run(spark, items: Path, out_root: Path, cache_dir: Path, **kw):
+    """The job with tiny Spark tasks; ``local_max_items=0`` forces every delta through Spark."""
     return embed_items(spark, items, out_root, "minilm", cache_dir=cache_dir, rows_per_partition=8, **kw)
 
 
@@ -58,13 +59,16 @@ def test_text_hash_is_sha256_of_utf8():
     assert text_hash("café | x") == hashlib.sha256("café | x".encode()).hexdigest()
 
 
-def test_full_then_incremental(spark, tmp_path, cache_dir):
+@pytest.mark.parametrize("delta_on", ["spark", "driver"])
+def test_full_then_incremental(spark, tmp_path, cache_dir, delta_on):
     cat = catalogue()
     items = write_items(cat, tmp_path / "items")
     out_root = tmp_path / "embeddings"
+    # the full run always on Spark; the small deltas on Spark or in the driver
+    delta_kw = {"local_max_items": 0 if delta_on == "spark" else 1000}
 
-    s1 = run(spark, items, out_root, cache_dir)
-    assert (s1.items_in, s1.embedded, s1.kept, s1.removed) == (len(cat), len(cat), 0, 0)
+    s1 = run(spark, items, out_root, cache_dir, local_max_items=0)
+    assert (s1.items_in, s1.embedded, s1.kept, s1.removed, s1.embedded_on) == (len(cat), len(cat), 0, 0, "spark")
     first = read_out(output_dir_for(out_root, "minilm"))
     assert list(first.columns) == ["domain", "embedding", "text_hash", "encoder", "event_timestamp", "encoder_version"]
     assert len(first) == len(cat) and (first["encoder"] == "minilm").all()
@@ -84,8 +88,8 @@ def test_full_then_incremental(spark, tmp_path, cache_dir):
     changed = pd.concat([changed, new_row], ignore_index=True)
     write_items(changed, items)
 
-    s2 = run(spark, items, out_root, cache_dir)
-    assert (s2.embedded, s2.kept, s2.removed) == (2, len(cat) - 2, 1)
+    s2 = run(spark, items, out_root, cache_dir, **delta_kw)
+    assert (s2.embedded, s2.kept, s2.removed, s2.embedded_on) == (2, len(cat) - 2, 1, delta_on)
     second = read_out(output_dir_for(out_root, "minilm"))
     assert set(second.index) == set(changed["item_id"])
     untouched = first.index.difference(["art-00003", "office-00004"])
@@ -96,16 +100,52 @@ def test_full_then_incremental(spark, tmp_path, cache_dir):
     assert second.loc["art-00003", "event_timestamp"] > first.loc["art-00003", "event_timestamp"]
     np.testing.assert_allclose(second.loc["art-00003", "embedding"], enc.encode(["a completely new description | art"])[0], atol=1e-5)
     assert second.loc["art-00003", "text_hash"] == text_hash("a completely new description | art")
+    assert second.loc["art-99999", "event_timestamp"] == second.loc["art-00003", "event_timestamp"]
+    assert str(second["event_timestamp"].dt.tz) == "UTC" and second["embedding"].map(len).eq(384).all()
+    # Spark reads the mixed output (Spark-written, driver-written and carried-over files) as one table
+    assert spark.read.parquet(str(output_dir_for(out_root, "minilm"))).count() == len(changed)
 
-    # nothing changed: nothing embedded, output untouched
-    s3 = run(spark, items, out_root, cache_dir)
-    assert (s3.embedded, s3.kept, s3.removed) == (0, len(changed), 0)
+    # nothing changed: nothing embedded, output untouched (not even rewritten)
+    files = sorted(p.name for p in output_dir_for(out_root, "minilm").glob("*.parquet"))
+    s3 = run(spark, items, out_root, cache_dir, **delta_kw)
+    assert (s3.embedded, s3.kept, s3.removed, s3.embedded_on) == (0, len(changed), 0, "none")
+    assert sorted(p.name for p in output_dir_for(out_root, "minilm").glob("*.parquet")) == files
+
+    # only a removal: nothing embedded, the removed row is gone, the rest carried over bit for bit
+    fewer = changed[changed["item_id"] != "art-00005"]
+    write_items(fewer, items)
+    s_rm = run(spark, items, out_root, cache_dir, **delta_kw)
+    assert (s_rm.embedded, s_rm.kept, s_rm.removed, s_rm.embedded_on) == (0, len(fewer), 1, "none")
+    after_rm = read_out(output_dir_for(out_root, "minilm"))
+    assert set(after_rm.index) == set(fewer["item_id"])
+    pd.testing.assert_frame_equal(after_rm, second.drop(index="art-00005"))
 
     # a different encoder version (bf16 weights) re-embeds everything
-    s4 = run(spark, items, out_root, cache_dir, dtype="bf16")
-    assert (s4.embedded, s4.kept) == (len(changed), 0)
+    s4 = run(spark, items, out_root, cache_dir, dtype="bf16", **delta_kw)
+    assert (s4.embedded, s4.kept) == (len(fewer), 0)
     fourth = read_out(output_dir_for(out_root, "minilm"))
     assert fourth["encoder_version"].str.endswith("/bf16").all()
+
+
+def test_carry_over_links_untouched_files(spark, tmp_path, cache_dir):
+    """Previous files without a stale row are hard-linked, not rewritten; the others are filtered."""
+    cat = catalogue()
+    items = write_items(cat, tmp_path / "items")
+    out_dir = output_dir_for(tmp_path / "emb", "minilm")
+    run(spark, items, tmp_path / "emb", cache_dir, local_max_items=0)
+    before = {p.stat().st_ino: pq.read_table(p, columns=["item_id"])["item_id"].to_pylist() for p in out_dir.glob("*.parquet")}
+    assert len(before) > 2  # rows_per_partition=8: several part files
+    victim_inode, victim_ids = next(iter(before.items()))
+    changed = cat.copy()
+    changed.loc[changed["item_id"] == victim_ids[0], "text"] = "changed text | art"
+    write_items(changed, items)
+    s = run(spark, items, tmp_path / "emb", cache_dir)
+    assert (s.embedded, s.kept, s.embedded_on) == (1, len(cat) - 1, "driver")
+    after = {p.stat().st_ino for p in out_dir.glob("*.parquet")}
+    assert set(before) - {victim_inode} <= after  # the untouched files are the very same files
+    assert victim_inode not in after  # the file with the changed item was rewritten without it
+    out = read_out(out_dir)
+    assert len(out) == len(cat) and out.loc[victim_ids[0], "text_hash"] == text_hash("changed text | art")
 
 
 def test_bad_rows_are_counted_not_lost(spark, tmp_path, cache_dir):

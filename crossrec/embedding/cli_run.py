@@ -18,8 +18,8 @@ def run_embed(
     encoder: str | None = None,
     dtype: str = "fp32",
     full: bool = False,
-    batch_size: int = 64,
-    rows_per_partition: int = 1024,
+    batch_size: int | None = None,
+    rows_per_partition: int = 4096,
     settings: Settings | None = None,
 ) -> EmbedStats | None:
     """Run the job with settings defaults; prints a summary table. None (and a message) on bad input."""
@@ -53,7 +53,8 @@ def summary_table(stats: EmbedStats) -> Table:
     for name, value in (
         ("items in", stats.items_in), ("embedded", stats.embedded), ("kept (unchanged)", stats.kept),
         ("removed (gone from catalogue)", stats.removed), ("skipped (no text)", stats.skipped_no_text),
-        ("duplicate ids", stats.duplicates), ("embed stage s", f"{stats.embed_seconds:.1f}"),
+        ("duplicate ids", stats.duplicates), ("embedded on", stats.embedded_on),
+        ("embed stage s", f"{stats.embed_seconds:.1f}"),
         ("items/s (embed stage)", f"{stats.items_per_s:.1f}"), ("total s", f"{stats.seconds:.1f}"),
         ("encoder version", stats.encoder_version), ("output", stats.output),
     ):

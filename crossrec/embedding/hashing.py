@@ -1,7 +1,8 @@
 """Content hash of an item's text: what decides whether an item must be re-embedded.
 
-The Spark job computes it with ``sha2(text, 256)``; this is the same function in Python (UTF-8
-bytes, lower-case hex), for the streaming consumer and for tests that check the two agree.
+sha256 of the UTF-8 bytes, lower-case hex: the same value as Spark's ``sha2(text, 256)`` (which
+earlier versions of the job used, so their outputs stay valid), computed here by the job's
+driver-side plan, the streaming consumer and the tests alike.
 """
 
 from __future__ import annotations

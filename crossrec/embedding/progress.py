@@ -1,13 +1,15 @@
-"""A rich progress bar for a Spark action, fed by the status tracker (the Spark UI is off here).
+"""Rich progress bars for the embedding job: a Spark action, fed by the status tracker (the Spark
+UI is off here), or an embedding done in the driver, fed per forward batch.
 
-Progress is counted in finished tasks of the running stages; the embedding job sizes its
-partitions so that one task is ~1k items, which makes this an item-level progress bar in practice.
+Spark progress is counted in finished tasks of the running stages (the status tracker knows no
+finer unit); the embedding job's tasks are a few thousand items each (fewer, larger tasks cost
+less), so the bar moves in steps of that size.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -52,3 +54,15 @@ def spark_progress(spark, description: str, job_group: str) -> Iterator[None]:
             stop.set()
             thread.join(timeout=2)
             sc.setLocalProperty("spark.jobGroup.id", None)
+
+
+@contextmanager
+def local_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """Item-level progress of an embedding done in this process; yields ``advance(n_items)``."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )
+    task = progress.add_task(description, total=total)
+    with progress:
+        yield lambda n: progress.advance(task, n)

@@ -25,7 +25,7 @@ class WorkerSpec:
     encoder: str
     dtype: str
     cache_dir: str
-    batch_size: int
+    batch_size: int | None
     version: str
 
 
