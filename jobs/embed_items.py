@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", choices=["minilm", "smollm2"], default=None)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--full", action="store_true")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rows-per-partition", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=None, help="cap on texts per forward batch")
+    parser.add_argument("--rows-per-partition", type=int, default=4096, help="items per Spark task")
     args = parser.parse_args(argv)
 
     from crossrec.embedding.cli_run import run_embed

@@ -7,15 +7,16 @@ from pathlib import Path
 import typer
 
 
-
 def embed(
     input: Path | None = typer.Option(None, "--input", help="Cleaned items parquet (default {work_dir}/clean/items)."),
     output: Path | None = typer.Option(None, "--output", help="Embeddings root (default {work_dir}/embeddings)."),
     encoder: str | None = typer.Option(None, "--encoder", help="minilm | smollm2 (default: settings.encoder)."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 (bf16 changes the encoder version: re-embeds all)."),
     full: bool = typer.Option(False, "--full", help="Ignore previous output and re-embed every item."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1),
-    rows_per_partition: int = typer.Option(1024, "--rows-per-partition", min=1),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="Cap on texts per forward batch (default: the encoder's token budget)."
+    ),
+    rows_per_partition: int = typer.Option(4096, "--rows-per-partition", min=1, help="Items per Spark task."),
 ) -> None:
     """Embed each item's text with the chosen encoder; only new or changed items are computed."""
     from crossrec.embedding.cli_run import run_embed
