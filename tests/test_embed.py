@@ -148,6 +148,26 @@ def test_carry_over_links_untouched_files(spark, tmp_path, cache_dir):
     assert len(out) == len(cat) and out.loc[victim_ids[0], "text_hash"] == text_hash("changed text | art")
 
 
+def test_spark_is_started_only_for_a_large_delta(spark, tmp_path, cache_dir):
+    """With a session factory, a driver-sized delta or an unchanged catalogue never starts Spark."""
+    cat = catalogue()
+    items = write_items(cat, tmp_path / "items")
+    calls: list[int] = []
+
+    def factory():
+        calls.append(1)
+        return spark
+
+    first = run(factory, items, tmp_path / "emb", cache_dir, local_max_items=len(cat) - 1)
+    assert (first.embedded_on, len(calls)) == ("spark", 1)
+    changed = cat.copy()
+    changed.loc[0, "text"] = "another text | art"
+    write_items(changed, items)
+    second = run(factory, items, tmp_path / "emb", cache_dir, local_max_items=len(cat) - 1)
+    third = run(factory, items, tmp_path / "emb", cache_dir, local_max_items=len(cat) - 1)
+    assert (second.embedded, second.embedded_on, third.embedded_on, len(calls)) == (1, "driver", "none", 1)
+
+
 def test_bad_rows_are_counted_not_lost(spark, tmp_path, cache_dir):
     cat = catalogue().head(6)
     bad = pd.DataFrame([

@@ -33,10 +33,9 @@ def run_embed(
     if not Path(input).exists():
         err_console.print(f"[red]error:[/] items input {input} does not exist (run `crossrec clean` first)")
         return None
-    spark = spark_session(settings, app_name=f"crossrec-embed-{encoder}")
     try:
         stats = embed_items(
-            spark, input, output, encoder, dtype=dtype, cache_dir=work / "cache" / "models",
+            lambda: spark_session(settings, app_name=f"crossrec-embed-{encoder}"), input, output, encoder, dtype=dtype, cache_dir=work / "cache" / "models",
             batch_size=batch_size, rows_per_partition=rows_per_partition, full=full,
         )
     except ValueError as exc:
