@@ -226,6 +226,32 @@ def test_pipeline_end_to_end_report_registry_gate_and_inference(work: Path, data
     assert load_current(settings).version == "v0001"
 
 
+def test_encoder_comparison_runs_each_encoder_on_its_own_embeddings(work: Path, tmp_path: Path) -> None:
+    """--compare-encoders: a second encoder of another width gets its own rows; a missing one is
+    reported as skipped, not fatal; the report shows the comparison."""
+    import shutil
+
+    other = write_synthetic(tmp_path / "other", n_users=40, n_items=30, dim=24, encoder="smollm2")
+    mixed = tmp_path / "mixed"
+    shutil.copytree(work, mixed)
+    shutil.copytree(other / "embeddings" / "smollm2", mixed / "embeddings" / "smollm2")
+    opts = AdaptOptions(
+        input_dir=mixed, output_dir=tmp_path / "out", strategies=["target_only", "zero_shot", "popularity"],
+        seeds=[0], fractions=[], extra_encoders=["smollm2", "missing"], split_path=mixed / "users_split.json",
+        registry_dir=tmp_path / "registry", promote=False, model=ModelConfig(dim=16, max_len=12),
+        train=TrainConfig(max_epochs=2, pretrain_epochs=2, patience=1),
+    )
+    res = run_adapt(opts, say=lambda s: None)
+    enc = res["encoders"]
+    assert set(enc) == {"minilm", "smollm2", "missing"}
+    # text strategies only for the extra encoder (popularity does not read embeddings)
+    assert set(enc["smollm2"]) == {"target_only", "zero_shot"}
+    assert all(0.0 <= v <= 1.0 for v in enc["smollm2"].values())
+    assert enc["smollm2"]["target_only"] != enc["minilm"]["target_only"]  # its own 24-d vectors
+    assert "skipped" in enc["missing"]
+    assert "Encoder comparison" in (tmp_path / "out" / "report.html").read_text()
+
+
 def test_recommender_scoring_masking_and_new_items(work: Path, tmp_path: Path) -> None:
     registry = tmp_path / "work" / "registry"
     _run(work, tmp_path / "out", registry, strategies=["pretrain_finetune_all"], fractions=(), item_tower="text")
