@@ -152,7 +152,42 @@ def forward_breakdown(enc, texts: list[str], roof_1: float) -> list[tuple[str, s
     linear_rate = 2 * enc.linear_weights * lengths.sum() / linear_s / 1e9
     rows = [(k, f"{v / total:.1%}") for k, v in acc.items()]
     rows.append(("linear ops alone (useful FLOPs / their time)", f"{linear_rate:.0f} GFLOP/s = {linear_rate / roof_1:.2f} of 1-thread matmul"))
+    iso = isolated_gemm_gflops(enc)
+    rows.append(("the model's GEMM shapes run alone, M=4096 (FLOP-weighted)", f"{iso:.0f} GFLOP/s = {iso / roof_1:.2f} of 1-thread matmul"))
     return rows
+
+
+def isolated_gemm_gflops(enc, m: int = 4096, seconds: float = 0.5) -> float:
+    """One thread's rate on the encoder's own linear shapes (no post-ops, nothing in between),
+    weighted by their FLOPs: the ceiling the forward's linears could reach, to tell "these shapes
+    are slow" apart from "the time around the GEMMs is"."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    shapes: dict[tuple[int, int], int] = {}
+    for name, mod in enc.model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and "pooler" not in name and "lm_head" not in name:
+            shapes[(mod.in_features, mod.out_features)] = shapes.get((mod.in_features, mod.out_features), 0) + 1
+    flops = seconds_total = 0.0
+    try:
+        for (k, n), count in shapes.items():
+            x, w = torch.randn(m, k), torch.randn(n, k)
+            f = lambda: torch.nn.functional.linear(x, w)  # noqa: E731
+            try:
+                packed = torch.ops.mkldnn._reorder_linear_weight(w, m)
+                f = lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [None], "")  # noqa: E731
+            except (AttributeError, RuntimeError):
+                pass
+            f()
+            reps, t = 0, time.thread_time()
+            while time.thread_time() - t < seconds:
+                f()
+                reps += 1
+            per_call = (time.thread_time() - t) / reps
+            flops += 2.0 * m * k * n * count
+            seconds_total += per_call * count
+    finally:
+        torch.set_num_threads(prev)
+    return flops / seconds_total / 1e9
 
 
 def load_items(path: Path, limit: int | None) -> pd.DataFrame:
