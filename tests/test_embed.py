@@ -201,3 +201,30 @@ def test_cli_reports_missing_input(tmp_path, monkeypatch):
         get_settings.cache_clear()
     assert result.exit_code == 1
     assert "does not exist" in " ".join(result.output.split())
+
+
+def test_cli_embeds_a_small_catalogue_without_starting_spark(tmp_path, monkeypatch):
+    """`crossrec embed` on a catalogue below the driver threshold: embedded in the process, then
+    an unchanged re-run does nothing; no Spark session is ever asked for."""
+    from typer.testing import CliRunner
+
+    import crossrec.spark
+    from crossrec.cli import app
+    from crossrec.settings import get_settings
+
+    def no_spark(*args, **kwargs):
+        raise AssertionError("Spark was started for a driver-sized delta")
+
+    monkeypatch.setattr(crossrec.spark, "spark_session", no_spark)
+    monkeypatch.setenv("CROSSREC_WORK_DIR", str(tmp_path))
+    items = write_items(catalogue(), tmp_path / "items")
+    get_settings.cache_clear()
+    try:
+        first = CliRunner().invoke(app, ["embed", "--input", str(items), "--output", str(tmp_path / "emb")])
+        again = CliRunner().invoke(app, ["embed", "--input", str(items), "--output", str(tmp_path / "emb")])
+    finally:
+        get_settings.cache_clear()
+    assert first.exit_code == 0, first.output
+    assert "│ embedded on" in first.output and "driver" in first.output
+    assert len(read_out(output_dir_for(tmp_path / "emb", "minilm"))) == len(catalogue())
+    assert again.exit_code == 0 and "none" in again.output

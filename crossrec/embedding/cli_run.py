@@ -33,9 +33,13 @@ def run_embed(
     if not Path(input).exists():
         err_console.print(f"[red]error:[/] items input {input} does not exist (run `crossrec clean` first)")
         return None
+
+    def start_spark():  # called by the job only when the delta is too large for the driver
+        return spark_session(settings, app_name=f"crossrec-embed-{encoder}")
+
     try:
         stats = embed_items(
-            lambda: spark_session(settings, app_name=f"crossrec-embed-{encoder}"), input, output, encoder, dtype=dtype, cache_dir=work / "cache" / "models",
+            start_spark, input, output, encoder, dtype=dtype, cache_dir=work / "cache" / "models",
             batch_size=batch_size, rows_per_partition=rows_per_partition, full=full,
         )
     except ValueError as exc:
@@ -54,7 +58,7 @@ def summary_table(stats: EmbedStats) -> Table:
         ("removed (gone from catalogue)", stats.removed), ("skipped (no text)", stats.skipped_no_text),
         ("duplicate ids", stats.duplicates), ("embedded on", stats.embedded_on),
         ("embed stage s", f"{stats.embed_seconds:.1f}"),
-        ("items/s (embed stage)", f"{stats.items_per_s:.1f}"), ("total s", f"{stats.seconds:.1f}"),
+        ("items/s (embed stage)", f"{stats.items_per_s:.1f}" if stats.embedded else "-"), ("total s", f"{stats.seconds:.1f}"),
         ("encoder version", stats.encoder_version), ("output", stats.output),
     ):
         table.add_row(name, str(value))
