@@ -58,19 +58,23 @@ def matmul_gflops(threads: int, n: int = 1024, seconds: float = 1.5, clock=time.
         kernels += [lambda: lp(a, b, None, "none", [None], ""), lambda: lp(a, packed, None, "none", [None], "")]
     except (AttributeError, RuntimeError):
         pass
-    best = 0.0
     try:
-        for f in kernels:
-            for _ in range(2):
-                f()
-            end = time.perf_counter() + seconds / len(kernels)
-            while time.perf_counter() < end:
-                t = clock()
-                for _ in range(4):
-                    f()
-                best = max(best, 4 * 2 * n**3 / (clock() - t) / 1e9)
+        return max(best_gflops(f, 2.0 * n**3, seconds / len(kernels), clock) for f in kernels)
     finally:
         torch.set_num_threads(prev)
+
+
+def best_gflops(f, flops: float, seconds: float, clock=time.perf_counter) -> float:
+    """The best GFLOP/s of bursts of 4 calls of ``f`` (``flops`` each) over ``seconds`` of wall
+    time, after 2 warm-up calls: the best burst, so a descheduled moment never lowers a ceiling."""
+    for _ in range(2):
+        f()
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = clock()
+        for _ in range(4):
+            f()
+        best = max(best, 4 * flops / (clock() - t) / 1e9)
     return best
 
 
@@ -177,14 +181,10 @@ def isolated_gemm_gflops(enc, m: int = 4096, seconds: float = 0.5) -> float:
                 f = lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [None], "")  # noqa: E731
             except (AttributeError, RuntimeError):
                 pass
-            f()
-            reps, t = 0, time.thread_time()
-            while time.thread_time() - t < seconds:
-                f()
-                reps += 1
-            per_call = (time.thread_time() - t) / reps
-            flops += 2.0 * m * k * n * count
-            seconds_total += per_call * count
+            shape_flops = 2.0 * m * k * n
+            rate = best_gflops(f, shape_flops, seconds, time.thread_time)  # timed like the roofline
+            flops += shape_flops * count
+            seconds_total += shape_flops * count / (rate * 1e9)
     finally:
         torch.set_num_threads(prev)
     return flops / seconds_total / 1e9
