@@ -297,3 +297,22 @@ def test_hybrid_tower_scores_new_items_from_text_only(work: Path, tmp_path: Path
 def test_load_current_without_model_is_clear(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="no current model"):
         load_current(make_settings(tmp_path))
+
+
+def test_cli_passes_hyper_parameters_and_records_them(work: Path, tmp_path: Path) -> None:
+    """`crossrec adapt` hands its options to the run, and results.json records every
+    hyper-parameter of the run, so a reported row can be reproduced."""
+    from typer.testing import CliRunner
+
+    from crossrec.cli import app
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "adapt", "--input", str(work), "--output", str(out), "--strategies", "target_only,popularity",
+        "--fractions", "", "--split", str(work / "users_split.json"), "--registry", str(tmp_path / "reg"),
+        "--no-promote", "--max-epochs", "2", "--pretrain-epochs", "1", "--dim", "16", "--lr", "0.001",
+    ])
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "results.json").read_text())["run"]
+    assert run["train"]["lr"] == 0.001 and run["train"]["max_epochs"] == 2
+    assert run["model"]["dim"] == 16 and run["model"]["in_dim"] == 16

@@ -266,6 +266,8 @@ def run_adapt(opts: AdaptOptions, say: Callable[[str], None] = print) -> dict:
         "seeds": opts.seeds,
         "strategies": names,
         "fraction_strategies": frac_names,
+        "model": opts.model.to_dict(),  # every hyper-parameter, so a row can be reproduced
+        "train": asdict(opts.train),
         "n_users": {k: len(v) for k, v in data.split_users.items()},
         "n_items": {"source": data.catalog.n_source, "target": data.catalog.n_target},
         "data_fingerprint": data.fingerprint,

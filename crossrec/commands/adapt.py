@@ -31,6 +31,7 @@ def adapt(
     max_epochs: int = typer.Option(15, help="max epochs per phase (early stopping on validation)"),
     patience: int = typer.Option(3, help="early-stopping patience (epochs without a better validation NDCG@10)"),
     pretrain_epochs: int = typer.Option(8, help="max source-pretraining epochs"),
+    lr: float = typer.Option(5e-3, min=0.0, help="learning rate of every training phase (pretraining and fine-tuning included)"),
     negatives: int = typer.Option(1024, help="shared sampled negatives per batch (0 = full softmax)"),
     dim: int = typer.Option(64, help="model dimension"),
     seq_encoder: str = typer.Option("gru", help="user sequence encoder: gru | transformer"),
@@ -65,7 +66,7 @@ def adapt(
             promote_margin=promote_margin,
             promote=promote,
             model=ModelConfig(dim=dim, encoder=seq_encoder, item_tower=item_tower),
-            train=TrainConfig(max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives, transfer_view=transfer_view),
+            train=TrainConfig(lr=lr, max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives, transfer_view=transfer_view),
             threads=threads,
         )
         results = run_adapt(opts, say=console.print)
