@@ -17,16 +17,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from crossrec.console import console
 
 
+def _bar() -> Progress:
+    """The one look of the embedding job's bars: description, bar, done/total, elapsed."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )
+
+
 @contextmanager
 def spark_progress(spark, description: str, job_group: str) -> Iterator[None]:
     """Show completed/total tasks of the jobs in ``job_group`` while the body runs."""
     sc = spark.sparkContext
     sc.setJobGroup(job_group, description)
     stop = threading.Event()
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
-    )
+    progress = _bar()
     task = progress.add_task(description, total=None)
 
     def poll() -> None:
@@ -59,10 +64,7 @@ def spark_progress(spark, description: str, job_group: str) -> Iterator[None]:
 @contextmanager
 def local_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """Item-level progress of an embedding done in this process; yields ``advance(n_items)``."""
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
-    )
+    progress = _bar()
     task = progress.add_task(description, total=total)
     with progress:
         yield lambda n: progress.advance(task, n)
