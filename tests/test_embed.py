@@ -51,8 +51,16 @@ def cache_dir(tmp_path_factory):
 
 
 def run(spark, items: Path, out_root: Path, cache_dir: Path, **kw):
-    """The job with tiny Spark tasks; ``local_max_items=0`` forces every delta through Spark."""
-    return embed_items(spark, items, out_root, "minilm", cache_dir=cache_dir, rows_per_partition=8, **kw)
+    """The job with tiny Spark tasks; ``local_max_items=0`` forces every delta through Spark.
+    Every run must leave nothing but its output behind (no temporary output, no input shards)."""
+    stats = embed_items(spark, items, out_root, "minilm", cache_dir=cache_dir, rows_per_partition=8, **kw)
+    assert leftovers(out_root) == []
+    return stats
+
+
+def leftovers(out_root: Path) -> list[str]:
+    """Staging directories of a run (temporary output ``.x.tmp-*``, input shards ``*.shards``)."""
+    return sorted(p.name for p in Path(out_root).glob(".*") if ".tmp-" in p.name or p.name.endswith(".shards"))
 
 
 def test_text_hash_is_sha256_of_utf8():
@@ -125,6 +133,50 @@ def test_full_then_incremental(spark, tmp_path, cache_dir, delta_on):
     assert (s4.embedded, s4.kept) == (len(fewer), 0)
     fourth = read_out(output_dir_for(out_root, "minilm"))
     assert fourth["encoder_version"].str.endswith("/bf16").all()
+
+
+def test_shards_deal_every_row_once_at_equal_cost(tmp_path):
+    """The Spark tasks' input: every delta row in exactly one shard, lengths dealt round-robin."""
+    from crossrec.embedding.job import write_shards
+
+    texts = [f"item text {'x' * k}" for k in range(10)]
+    todo = pa.table({"domain": ["art"] * 10, "item_id": [f"i{k}" for k in range(10)], "text": texts,
+                     "text_hash": [text_hash(t) for t in texts]})
+    paths = write_shards(todo, 3, tmp_path / "s")
+    shards = [pq.read_table(p) for p in paths]
+    assert [t.num_rows for t in shards] == [4, 3, 3]
+    assert sorted(sum((t["item_id"].to_pylist() for t in shards), [])) == sorted(todo["item_id"].to_pylist())
+    # longest first, dealt in turn: shard 0 holds the 1st, 4th, 7th and 10th longest texts
+    assert shards[0]["item_id"].to_pylist() == ["i9", "i6", "i3", "i0"]
+    assert shards[0].column_names == ["domain", "item_id", "text", "text_hash"]
+    # more tasks than rows: no empty shard files
+    assert len(write_shards(todo.slice(0, 2), 4, tmp_path / "t")) == 2
+
+
+def test_failed_spark_run_keeps_the_previous_output(spark, tmp_path, cache_dir, monkeypatch):
+    """A task that dies mid-job fails the run loudly; the previous output stays as it was and no
+    staging (temporary output, input shards) is left behind."""
+    import crossrec.embedding.job as job
+
+    cat = catalogue()
+    items = write_items(cat, tmp_path / "items")
+    run(spark, items, tmp_path / "emb", cache_dir, local_max_items=0)
+    out_dir = output_dir_for(tmp_path / "emb", "minilm")
+    before = read_out(out_dir)
+
+    def broken_fn(spec):
+        def fail(batches):
+            for _ in batches:
+                raise RuntimeError("worker died")
+            yield from ()
+        return fail
+
+    monkeypatch.setattr(job, "make_embed_fn", broken_fn)
+    write_items(cat.assign(text=cat["text"] + " v2"), items)
+    with pytest.raises(Exception, match="worker died"):
+        embed_items(spark, items, tmp_path / "emb", "minilm", cache_dir=cache_dir, rows_per_partition=8, local_max_items=0)
+    assert leftovers(tmp_path / "emb") == []
+    pd.testing.assert_frame_equal(read_out(out_dir), before)
 
 
 def test_carry_over_links_untouched_files(spark, tmp_path, cache_dir):

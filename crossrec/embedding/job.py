@@ -264,7 +264,14 @@ def _embed_local(todo: pa.Table, tmp_dir: Path, encoder: str, dtype: str, cache_
 
 def _embed_spark(spark: SparkSession, todo: pa.Table, tmp_dir: Path, encoder: str, dtype: str, cache_dir: Path,
                  version: str, run_ts: datetime, batch_size: int | None, rows_per_partition: int) -> None:
-    """Embed a large delta with Spark: equal-cost tasks, one model per Python worker."""
+    """Embed a large delta with Spark: equal-cost tasks, one model per Python worker.
+
+    The texts reach the workers as parquet shards next to the output, one per task, and a task
+    carries only its shard's path. Building the DataFrame from the driver's table instead put
+    every text inside the serialised tasks (Spark warned of 1.2 MB tasks at 38k items; at
+    millions of items that is hundreds of MB through the scheduler), and the output directory
+    already has to be storage every worker can reach.
+    """
     from pyspark.sql import functions as F
 
     n_todo = todo.num_rows
@@ -276,27 +283,46 @@ def _embed_spark(spark: SparkSession, todo: pa.Table, tmp_dir: Path, encoder: st
     # mix of long and short texts and the workers finish together; the encoder then batches each
     # task's texts by exact token length itself. Few, large tasks: each task costs ~0.5 s of
     # Spark scheduling and Python-worker hand-over (measured between tasks under load), so on
-    # 4k items 2 tasks ran 8 % faster than 8. The partitions are cut here on the driver, with no
-    # shuffle: Spark splits a DataFrame made from a local table into `cores` contiguous slices,
-    # so a union of DataFrames of `cores` groups each gives one group per partition.
+    # 4k items 2 tasks ran 8 % faster than 8.
     cores = max(1, spark.sparkContext.defaultParallelism)
     n_parts = cores * max(1, math.ceil(n_todo / (cores * max(rows_per_partition, 1))))
+    shard_dir = shard_dir_for(tmp_dir)
+    try:
+        shards = write_shards(todo, n_parts, shard_dir)
+        # one path per slice: parallelize cuts a list of n_parts elements into n_parts partitions
+        paths = spark.createDataFrame(spark.sparkContext.parallelize([(str(x),) for x in shards], len(shards)), "path string")
+        embedded = paths.mapInArrow(make_embed_fn(spec), schema).select(
+            "domain", "item_id", "embedding", "text_hash", "encoder",
+            F.lit(run_ts).cast("timestamp").alias("event_timestamp"), "encoder_version",
+        )
+        with spark_progress(spark, f"embedding {n_todo} items ({encoder}, {dtype})", f"crossrec-embed-{uuid.uuid4().hex[:6]}"):
+            # no dictionary encoding: parquet-mr otherwise hashes every float of every vector into a
+            # dictionary before giving up on it (half the JVM's CPU in this job, by JFR samples)
+            embedded.write.mode("overwrite").option("parquet.enable.dictionary", "false").parquet(str(tmp_dir))
+    finally:
+        shutil.rmtree(shard_dir, ignore_errors=True)
+
+
+def shard_dir_for(tmp_dir: Path) -> Path:
+    """Where a run's input shards live: beside its temporary output, removed when the run ends."""
+    return tmp_dir.with_name(f"{tmp_dir.name}.shards")
+
+
+def write_shards(todo: pa.Table, n_parts: int, shard_dir: Path) -> list[Path]:
+    """Deal the delta's rows into ``n_parts`` parquet files of equal cost (round-robin by text
+    length, longest first, ties by id) and return their paths; empty shards are not written."""
     by_length = np.asarray(pc.sort_indices(
         pa.table({"n": pc.utf8_length(todo["text"]), "id": todo["item_id"]}),
         sort_keys=[("n", "descending"), ("id", "ascending")]))
-    groups = [by_length[j::n_parts] for j in range(n_parts)]
-    df = None
-    for k in range(0, n_parts, cores):
-        part = spark.createDataFrame(todo.take(np.concatenate(groups[k : k + cores])))
-        df = part if df is None else df.unionByName(part)
-    embedded = df.mapInArrow(make_embed_fn(spec), schema).select(
-        "domain", "item_id", "embedding", "text_hash", "encoder",
-        F.lit(run_ts).cast("timestamp").alias("event_timestamp"), "encoder_version",
-    )
-    with spark_progress(spark, f"embedding {n_todo} items ({encoder}, {dtype})", f"crossrec-embed-{uuid.uuid4().hex[:6]}"):
-        # no dictionary encoding: parquet-mr otherwise hashes every float of every vector into a
-        # dictionary before giving up on it (half the JVM's CPU in this job, by JFR samples)
-        embedded.write.mode("overwrite").option("parquet.enable.dictionary", "false").parquet(str(tmp_dir))
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    columns = ["domain", "item_id", "text", "text_hash"]
+    paths = []
+    for k in range(n_parts):
+        rows = by_length[k::n_parts]
+        if len(rows):
+            paths.append(shard_dir / f"shard-{k:05d}.parquet")
+            pq.write_table(todo.select(columns).take(rows), paths[-1])
+    return paths
 
 
 def _carry_over(prev_files: list[Path], stale: pa.Table, tmp_dir: Path) -> None:

@@ -1,4 +1,7 @@
-"""What runs inside each Spark Python worker: Arrow batches of texts in, Arrow batches of vectors out.
+"""What runs inside each Spark Python worker: shard paths in, Arrow batches of vectors out.
+
+A task's input row is the path of a parquet shard of texts written by the driver (see
+``job._embed_spark``: the texts stay out of the serialised tasks); the worker reads it itself.
 
 Why ``mapInArrow`` and not a pandas UDF: vectors go back as one flat float32 buffer plus offsets
 (zero-copy into an Arrow ``ListArray``) instead of a pandas column of numpy arrays, which measured
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 OUTPUT_FIELDS = ("domain", "item_id", "embedding", "text_hash", "encoder", "encoder_version")
 
@@ -48,21 +52,22 @@ def make_embed_fn(spec: WorkerSpec) -> Callable[[Iterator[pa.RecordBatch]], Iter
         if enc.version != spec.version:  # driver and worker must agree, or the hash is a lie
             raise RuntimeError(f"worker encoder version {enc.version} != driver's {spec.version}")
         for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            texts = batch.column("text").to_pylist()
-            vecs = enc.encode(texts, batch_size=spec.batch_size)
-            n = batch.num_rows
-            yield pa.RecordBatch.from_arrays(
-                [
-                    batch.column("domain"),
-                    batch.column("item_id"),
-                    vectors_to_arrow(vecs),
-                    batch.column("text_hash"),
-                    pa.array([spec.encoder] * n, pa.string()),
-                    pa.array([spec.version] * n, pa.string()),
-                ],
-                names=list(OUTPUT_FIELDS),
-            )
+            for path in batch.column("path").to_pylist():
+                shard = pq.read_table(path)
+                if shard.num_rows == 0:
+                    continue
+                vecs = enc.encode(shard.column("text").to_pylist(), batch_size=spec.batch_size)
+                n = shard.num_rows
+                yield pa.RecordBatch.from_arrays(
+                    [
+                        shard.column("domain").combine_chunks(),
+                        shard.column("item_id").combine_chunks(),
+                        vectors_to_arrow(vecs),
+                        shard.column("text_hash").combine_chunks(),
+                        pa.array([spec.encoder] * n, pa.string()),
+                        pa.array([spec.version] * n, pa.string()),
+                    ],
+                    names=list(OUTPUT_FIELDS),
+                )
 
     return embed_batches
