@@ -139,6 +139,38 @@ def test_bf16_padding_is_masked(cache_dir):
     assert (together * alone).sum(axis=1).min() > 0.999
 
 
+@pytest.mark.parametrize("case", ["normal", "masked", "overflow", "underflow"])
+def test_bf16_attention_is_softmax_attention(minilm, case):
+    """The bf16 attention (exp in place, row sums from a ones column) equals softmax attention,
+    including the inputs where skipping the max shift would overflow or underflow exp."""
+    import torch
+
+    from crossrec.encoders.fused_bert import FusedBert
+
+    fused = FusedBert(minilm.model, torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    B, H, T, d = 3, 2, 7, 8
+    q, k, v = (torch.randn(B, H, T, d, generator=g) for _ in range(3))
+    mask = None
+    if case == "masked":
+        mask = torch.ones(B, 1, 1, T, dtype=torch.bool)
+        mask[0, ..., 4:] = False  # the first text has 4 real tokens
+    elif case == "overflow":
+        q = q * 40  # scores in the hundreds: exp(score) is inf in bf16 and fp32
+    elif case == "underflow":
+        k[:] = 1.0  # every score of a row is q.sum(): make the first text's all about -200
+        q[0] = -200.0 / d
+    q16, k16, v16 = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    # the reference: softmax in fp32 over the same bf16 scores (Q is pre-scaled in the bf16 path)
+    scores = (q16 @ k16.transpose(-1, -2)).float()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    ref = scores.softmax(-1) @ v16.float()
+    got = fused._attention(q16, k16, v16, mask)
+    assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
+    torch.testing.assert_close(got.float(), ref, atol=3e-2, rtol=3e-2)
+
+
 def test_batches_cover_every_text_once_with_little_padding(minilm):
     rng = np.random.default_rng(0)
     lengths = np.concatenate([rng.integers(8, 60, 3000), [120, 131, 200, 256]])  # a long, sparse tail
