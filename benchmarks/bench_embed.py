@@ -344,7 +344,8 @@ def main() -> None:
         # drift on a shared machine hits both paths alike. Chunks of 2,000 texts: each encode call
         # batches its own texts by length, and a Spark task encodes 3-4k at once; smaller calls
         # make smaller length buckets, whose fixed costs weigh more on the faster bf16 path
-        # (1,000-text chunks measured ~1.77x where 2,000 and more gave ~1.84x)
+        # (before the bf16 attention lost its softmax kernel, 1,000-text chunks measured ~1.77x
+        # where 2,000 and more gave ~1.84x)
         sub = texts[: args.bf16_limit]
         enc = get_encoder(args.encoder, threads=args.bf16_threads, cache_dir=cache)
         enc16 = get_encoder(args.encoder, dtype="bf16", threads=args.bf16_threads, cache_dir=cache)
