@@ -315,13 +315,13 @@ def write_shards(todo: pa.Table, n_parts: int, shard_dir: Path) -> list[Path]:
         pa.table({"n": pc.utf8_length(todo["text"]), "id": todo["item_id"]}),
         sort_keys=[("n", "descending"), ("id", "ascending")]))
     shard_dir.mkdir(parents=True, exist_ok=True)
-    columns = ["domain", "item_id", "text", "text_hash"]
+    inputs = todo.select(["domain", "item_id", "text", "text_hash"])
     paths = []
     for k in range(n_parts):
         rows = by_length[k::n_parts]
         if len(rows):
             paths.append(shard_dir / f"shard-{k:05d}.parquet")
-            pq.write_table(todo.select(columns).take(rows), paths[-1])
+            pq.write_table(inputs.take(rows), paths[-1])
     return paths
 
 

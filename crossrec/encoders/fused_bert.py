@@ -149,18 +149,20 @@ class FusedBert:
         if not self.prescaled:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         B, H, T, d = q.shape  # Q is pre-scaled by 1/sqrt(d) (folded into its weights)
-        scores = torch.bmm(q.reshape(B * H, T, d), k.reshape(B * H, T, d).transpose(1, 2))
-        if mask is not None:
-            scores.view(B, H, T, T).masked_fill_(~mask, float("-inf"))
-        v = v.reshape(B * H, T, d)
+
+        def masked_scores() -> torch.Tensor:
+            scores = torch.bmm(q.reshape(B * H, T, d), k.reshape(B * H, T, d).transpose(1, 2))
+            if mask is not None:
+                scores.view(B, H, T, T).masked_fill_(~mask, float("-inf"))
+            return scores
+
+        scores, v = masked_scores(), v.reshape(B * H, T, d)
         if float(scores.max()) <= EXP_SAFE_SCORE:
             out = torch.bmm(scores.exp_(), torch.cat([v, v.new_ones(B * H, T, 1)], dim=2))
             sums = out[..., d:]
             if float(sums.min()) > 1e-30:
                 return (out[..., :d] / sums).view(B, H, T, d)
-            scores = torch.bmm(q.reshape(B * H, T, d), k.reshape(B * H, T, d).transpose(1, 2))  # exp'd in place
-            if mask is not None:
-                scores.view(B, H, T, T).masked_fill_(~mask, float("-inf"))
+            scores = masked_scores()  # the exp above was in place
         return torch.bmm(scores.softmax(-1), v).view(B, H, T, d)
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
