@@ -52,6 +52,47 @@ def test_minilm_semantics(minilm):
     assert _cos(v[2], v[3]) > _cos(v[2], v[0])
 
 
+def test_minilm_tokenizes_and_encodes_like_the_hf_pipeline(minilm):
+    """The transformers-free load gives HF's token ids (special tokens, lower-casing, accents,
+    truncation at 256) and the sentence-transformers vector: HF tokenizer, ``BertModel``, mean
+    pooling over the mask, L2 normalisation."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from crossrec.encoders.minilm import minilm_dir
+
+    texts = [*TEXTS, "Crème brûlée TORCH &amp; naïve café", "word " * 400, "日本語 テキスト"]
+    hf = AutoTokenizer.from_pretrained(minilm_dir())
+    ids = hf([t if t else " " for t in texts], truncation=True, max_length=256,
+             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    assert minilm.tokenize(texts) == ids
+    assert max(len(x) for x in ids) == 256  # the long text really was truncated
+    batch = hf([t if t else " " for t in texts], truncation=True, max_length=256, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = minilm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    m = batch["attention_mask"].unsqueeze(-1).float()
+    ref = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=1).numpy()
+    np.testing.assert_allclose(minilm.encode(texts), ref, atol=2e-5)
+
+
+def test_minilm_encodes_without_importing_transformers(cache_dir):
+    """A fresh process (a nightly task, a Spark worker) encodes with MiniLM and never imports
+    transformers: that import and the HF module cost ~3.5 s of every such process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from crossrec.encoders import get_encoder\n"
+        f"enc = get_encoder('minilm', cache_dir={str(cache_dir)!r})\n"
+        "assert enc.encode(['a stapler', '']).shape == (2, 384)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_registry_caches_and_validates(minilm, cache_dir):
     assert get_encoder("minilm", cache_dir=cache_dir) is minilm
     with pytest.raises(ValueError, match="unknown encoder"):
@@ -147,7 +188,7 @@ def test_bf16_attention_is_softmax_attention(minilm, case):
 
     from crossrec.encoders.fused_bert import FusedBert
 
-    fused = FusedBert(minilm.model, torch.bfloat16)
+    fused = FusedBert.from_module(minilm.model, torch.bfloat16)
     g = torch.Generator().manual_seed(0)
     B, H, T, d = 3, 2, 7, 8
     q, k, v = (torch.randn(B, H, T, d, generator=g) for _ in range(3))

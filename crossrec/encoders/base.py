@@ -67,18 +67,24 @@ class TextEncoder:
     min_batch_tokens: int = 256  # below this a length bucket may borrow neighbouring lengths...
     max_pad_share: float = 0.125  # ...padding at most this share of the merged batch
 
-    def __init__(self, model: torch.nn.Module, tokenizer, dtype: Dtype = "fp32", threads: int | None = 1) -> None:
-        import torch
-
+    def __init__(self, model: torch.nn.Module | None, tokenizer, dtype: Dtype = "fp32", threads: int | None = 1) -> None:
+        """``model=None``: the subclass runs its own forward and provides ``model`` (the HF
+        module, for reference and introspection) itself, e.g. lazily."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         self.dtype = dtype
         self.threads = threads
         self.tokenizer = tokenizer
-        self.model = model.eval()
-        if dtype == "bf16":
-            self.model = self.model.to(torch.bfloat16)
+        if model is not None:
+            self.model = self._prepared(model)
         self.centre: np.ndarray | None = None
+
+    def _prepared(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The HF module in eval mode and the encoder's dtype."""
+        import torch
+
+        model = model.eval()
+        return model.to(torch.bfloat16) if self.dtype == "bf16" else model
 
     @contextmanager
     def _one_torch_thread(self) -> Iterator[None]:
@@ -110,7 +116,7 @@ class TextEncoder:
         if all(len(x) == longest for x in ids):  # the common case: an exact-length bucket
             hidden = self._hidden(torch.tensor(ids, dtype=torch.long), None)
             return hidden.float().mean(1).numpy()
-        pad = self.tokenizer.pad_token_id or 0
+        pad = self.pad_id
         input_ids = torch.full((len(ids), longest), pad, dtype=torch.long)
         mask = torch.zeros((len(ids), longest), dtype=torch.long)
         for row, x in enumerate(ids):  # right padding: positions stay 0..n-1 for every text
@@ -127,6 +133,11 @@ class TextEncoder:
             return_attention_mask=False, return_token_type_ids=False,
         )
         return enc["input_ids"]
+
+    @property
+    def pad_id(self) -> int:
+        """The token id padding rows are filled with (masked out, so any valid id works)."""
+        return self.tokenizer.pad_token_id or 0
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Tokens per text after truncation (the fast tokenizer makes this cheap next to the model)."""

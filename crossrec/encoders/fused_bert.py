@@ -22,6 +22,7 @@ missing (a torch build without mkldnn) it falls back to plain ``torch.nn.functio
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,24 +73,30 @@ class _Layer:
 class FusedBert:
     """Inference-only forward over the weights of a HF ``BertModel`` (absolute positions, GELU).
 
-    Holds its own (dtype-converted, contiguous) copies of the weights, so the HF module can be
-    dropped afterwards. Call with token ids ``(B, T)`` and an optional 0/1 mask ``(B, T)``.
+    Built from a ``BertModel`` state dict and its ``config.json`` fields, so a caller can read the
+    weights straight from the safetensors file without constructing the HF module (importing
+    transformers' BERT code is ~2 s of every fresh process); :meth:`from_module` takes a module.
+    Holds its own (dtype-converted, contiguous) copies of the weights. Call with token ids
+    ``(B, T)`` and an optional 0/1 mask ``(B, T)``.
     """
 
-    def __init__(self, model: Any, dtype: torch.dtype = torch.float32) -> None:
-        cfg = model.config
-        if getattr(cfg, "position_embedding_type", "absolute") != "absolute" or cfg.hidden_act != "gelu":
+    def __init__(self, weights: Mapping[str, torch.Tensor], config: Mapping[str, Any],
+                 dtype: torch.dtype = torch.float32) -> None:
+        if config.get("position_embedding_type", "absolute") != "absolute" or config.get("hidden_act") != "gelu":
             raise ValueError("FusedBert supports absolute positions and exact GELU only")
-        self.hidden = int(cfg.hidden_size)
-        self.heads = int(cfg.num_attention_heads)
+        self.hidden = int(config["hidden_size"])
+        self.heads = int(config["num_attention_heads"])
         self.head_dim = self.hidden // self.heads
-        self.eps = float(cfg.layer_norm_eps)
+        self.eps = float(config["layer_norm_eps"])
         self.dtype = dtype
         self.onednn = _onednn_linear_ok(dtype)
         self.prescaled = dtype != torch.float32  # bf16 attention = explicit matmuls (see _attention)
+        # every float weight in the model dtype first, exactly as ``module.to(dtype)`` would
+        # (the fp32 products below then round once more, as they always have)
+        w = {k: t.detach().to(dtype) if t.is_floating_point() else t for k, t in weights.items()}
 
         def c(t: torch.Tensor) -> torch.Tensor:
-            return t.detach().to(dtype).contiguous()
+            return t.to(dtype).contiguous()
 
         def weight(t: torch.Tensor) -> torch.Tensor:
             """oneDNN's own blocked layout, packed once (~4 % faster GEMMs than repacking per call)."""
@@ -98,25 +105,32 @@ class FusedBert:
 
         self.n_linear_weights = 0
 
-        emb = model.embeddings
-        self.word = c(emb.word_embeddings.weight)
+        self.word = c(w["embeddings.word_embeddings.weight"])
         # token type is always 0 for a single text: fold its vector into the position table
-        self.pos_type = c(emb.position_embeddings.weight.float() + emb.token_type_embeddings.weight[0].float())
-        self.emb_ln = (c(emb.LayerNorm.weight), c(emb.LayerNorm.bias))
+        self.pos_type = c(w["embeddings.position_embeddings.weight"].float() + w["embeddings.token_type_embeddings.weight"][0].float())
+        self.emb_ln = (c(w["embeddings.LayerNorm.weight"]), c(w["embeddings.LayerNorm.bias"]))
         self.layers: list[_Layer] = []
-        for layer in model.encoder.layer:
-            att, out = layer.attention, layer.output
-            q, k, v = att.self.query, att.self.key, att.self.value
-            qs = self.head_dim**-0.5 if self.prescaled else 1.0  # in fp32, before any bf16 rounding
+        qs = self.head_dim**-0.5 if self.prescaled else 1.0
+        for i in range(int(config["num_hidden_layers"])):
+            def p(name: str) -> torch.Tensor:
+                return w[f"encoder.layer.{i}.{name}"]  # noqa: B023 (called right here)
+
             self.layers.append(_Layer(
-                wqkv=weight(torch.cat([q.weight.float() * qs, k.weight.float(), v.weight.float()])),
-                bqkv=c(torch.cat([q.bias.float() * qs, k.bias.float(), v.bias.float()])),
-                wo=weight(att.output.dense.weight), bo=c(att.output.dense.bias),
-                ln1_w=c(att.output.LayerNorm.weight), ln1_b=c(att.output.LayerNorm.bias),
-                w1=weight(layer.intermediate.dense.weight), b1=c(layer.intermediate.dense.bias),
-                w2=weight(out.dense.weight), b2=c(out.dense.bias),
-                ln2_w=c(out.LayerNorm.weight), ln2_b=c(out.LayerNorm.bias),
+                wqkv=weight(torch.cat([p("attention.self.query.weight").float() * qs,
+                                       p("attention.self.key.weight").float(), p("attention.self.value.weight").float()])),
+                bqkv=c(torch.cat([p("attention.self.query.bias").float() * qs,
+                                  p("attention.self.key.bias").float(), p("attention.self.value.bias").float()])),
+                wo=weight(p("attention.output.dense.weight")), bo=c(p("attention.output.dense.bias")),
+                ln1_w=c(p("attention.output.LayerNorm.weight")), ln1_b=c(p("attention.output.LayerNorm.bias")),
+                w1=weight(p("intermediate.dense.weight")), b1=c(p("intermediate.dense.bias")),
+                w2=weight(p("output.dense.weight")), b2=c(p("output.dense.bias")),
+                ln2_w=c(p("output.LayerNorm.weight")), ln2_b=c(p("output.LayerNorm.bias")),
             ))
+
+    @classmethod
+    def from_module(cls, model: Any, dtype: torch.dtype = torch.float32) -> FusedBert:
+        """The fused forward of a loaded HF ``BertModel``."""
+        return cls(model.state_dict(), model.config.to_dict(), dtype)
 
     # the three fused GEMM shapes (oneDNN post-ops, or the plain equivalent)
     def _linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
