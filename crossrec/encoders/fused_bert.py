@@ -112,19 +112,17 @@ class FusedBert:
         self.layers: list[_Layer] = []
         qs = self.head_dim**-0.5 if self.prescaled else 1.0
         for i in range(int(config["num_hidden_layers"])):
-            def p(name: str) -> torch.Tensor:
-                return w[f"encoder.layer.{i}.{name}"]  # noqa: B023 (called right here)
-
+            pre = f"encoder.layer.{i}."
+            p = {k.removeprefix(pre): t for k, t in w.items() if k.startswith(pre)}
+            att, q, k, v = "attention.output.", "attention.self.query.", "attention.self.key.", "attention.self.value."
             self.layers.append(_Layer(
-                wqkv=weight(torch.cat([p("attention.self.query.weight").float() * qs,
-                                       p("attention.self.key.weight").float(), p("attention.self.value.weight").float()])),
-                bqkv=c(torch.cat([p("attention.self.query.bias").float() * qs,
-                                  p("attention.self.key.bias").float(), p("attention.self.value.bias").float()])),
-                wo=weight(p("attention.output.dense.weight")), bo=c(p("attention.output.dense.bias")),
-                ln1_w=c(p("attention.output.LayerNorm.weight")), ln1_b=c(p("attention.output.LayerNorm.bias")),
-                w1=weight(p("intermediate.dense.weight")), b1=c(p("intermediate.dense.bias")),
-                w2=weight(p("output.dense.weight")), b2=c(p("output.dense.bias")),
-                ln2_w=c(p("output.LayerNorm.weight")), ln2_b=c(p("output.LayerNorm.bias")),
+                wqkv=weight(torch.cat([p[q + "weight"].float() * qs, p[k + "weight"].float(), p[v + "weight"].float()])),
+                bqkv=c(torch.cat([p[q + "bias"].float() * qs, p[k + "bias"].float(), p[v + "bias"].float()])),
+                wo=weight(p[att + "dense.weight"]), bo=c(p[att + "dense.bias"]),
+                ln1_w=c(p[att + "LayerNorm.weight"]), ln1_b=c(p[att + "LayerNorm.bias"]),
+                w1=weight(p["intermediate.dense.weight"]), b1=c(p["intermediate.dense.bias"]),
+                w2=weight(p["output.dense.weight"]), b2=c(p["output.dense.bias"]),
+                ln2_w=c(p["output.LayerNorm.weight"]), ln2_b=c(p["output.LayerNorm.bias"]),
             ))
 
     @classmethod
