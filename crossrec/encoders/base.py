@@ -50,6 +50,12 @@ def _digest(path: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def non_empty(texts: list[str]) -> list[str]:
+    """The texts a tokenizer is given: an empty text is read as one space, the same for every
+    encoder and tokenizer library, so it still gets a (finite, comparable) vector."""
+    return [t if t else " " for t in texts]
+
+
 class TextEncoder:
     """A loaded transformer plus tokenizer that maps texts to L2-normalised float32 vectors.
 
@@ -129,7 +135,7 @@ class TextEncoder:
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text after truncation, unpadded (an empty text is read as one space)."""
         enc = self.tokenizer(
-            [t if t else " " for t in texts], truncation=True, max_length=self.max_length,
+            non_empty(texts), truncation=True, max_length=self.max_length,
             return_attention_mask=False, return_token_type_ids=False,
         )
         return enc["input_ids"]

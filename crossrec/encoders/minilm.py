@@ -19,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from crossrec.encoders.base import Dtype, TextEncoder, file_digest, offline_env
+from crossrec.encoders.base import Dtype, TextEncoder, file_digest, non_empty, offline_env
 
 if TYPE_CHECKING:
     import torch
@@ -70,7 +70,7 @@ class MiniLMEncoder(TextEncoder):
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text after truncation, unpadded (an empty text is read as one space)."""
-        return [e.ids for e in self.tokenizer.encode_batch([t if t else " " for t in texts])]
+        return [e.ids for e in self.tokenizer.encode_batch(non_empty(texts))]
 
     @property
     def pad_id(self) -> int:
