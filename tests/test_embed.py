@@ -153,6 +153,18 @@ def test_shards_deal_every_row_once_at_equal_cost(tmp_path):
     assert len(write_shards(todo.slice(0, 2), 4, tmp_path / "t")) == 2
 
 
+def test_an_encoder_of_another_version_is_refused(cache_dir):
+    """Driver and Spark workers load the encoder through one check: a version other than the one
+    the plan hashed with (other weights, dtype or pooling) stops the run instead of writing it."""
+    from crossrec.embedding.worker import WorkerSpec, load_encoder
+
+    spec = WorkerSpec(encoder="minilm", dtype="fp32", cache_dir=str(cache_dir), batch_size=None, version="minilm/other")
+    with pytest.raises(RuntimeError, match="planned by the driver"):
+        load_encoder(spec, threads=1)
+    real = get_encoder("minilm", cache_dir=cache_dir).version
+    assert load_encoder(WorkerSpec("minilm", "fp32", str(cache_dir), None, real), threads=1).version == real
+
+
 def test_failed_spark_run_keeps_the_previous_output(spark, tmp_path, cache_dir, monkeypatch):
     """A task that dies mid-job fails the run loudly; the previous output stays as it was and no
     staging (temporary output, input shards) is left behind."""

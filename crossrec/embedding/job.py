@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from crossrec.console import console
 from crossrec.embedding.hashing import text_hash
 from crossrec.embedding.progress import local_progress, spark_progress
-from crossrec.embedding.worker import WorkerSpec, make_embed_fn, vectors_to_arrow
+from crossrec.embedding.worker import WorkerSpec, embedded_batch, load_encoder, make_embed_fn
 from crossrec.encoders import encoder_version
 
 if TYPE_CHECKING:
@@ -222,14 +222,13 @@ def embed_items(
     try:
         t_embed = time.perf_counter()
         where = "none"
+        spec = WorkerSpec(encoder=encoder, dtype=dtype, cache_dir=str(cache_dir), batch_size=batch_size, version=version)
         if n_todo and n_todo <= local_max_items:
             where = "driver"
-            _embed_local(plan.todo, tmp_dir, encoder, dtype, cache_dir, version, run_ts, batch_size)
+            _embed_local(plan.todo, tmp_dir, spec, run_ts)
         elif n_todo:
             where = "spark"
-            session = spark() if callable(spark) else spark
-            _embed_spark(session, plan.todo, tmp_dir, encoder, dtype, cache_dir, version, run_ts, batch_size,
-                         rows_per_partition)
+            _embed_spark(spark() if callable(spark) else spark, plan.todo, tmp_dir, spec, run_ts, rows_per_partition)
         embed_seconds = time.perf_counter() - t_embed
         tmp_dir.mkdir(parents=True, exist_ok=True)
         if plan.kept:
@@ -240,30 +239,22 @@ def embed_items(
     return stats(where, embed_seconds)
 
 
-def _embed_local(todo: pa.Table, tmp_dir: Path, encoder: str, dtype: str, cache_dir: Path, version: str,
-                 run_ts: datetime, batch_size: int | None) -> None:
+def _embed_local(todo: pa.Table, tmp_dir: Path, spec: WorkerSpec, run_ts: datetime) -> None:
     """Embed a small delta here, with every core of this process, and write it as one file."""
-    from crossrec.encoders import get_encoder
-
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    enc = get_encoder(encoder, dtype=dtype, threads=threads, cache_dir=cache_dir)  # type: ignore[arg-type]
-    if enc.version != version:
-        raise RuntimeError(f"driver encoder version {enc.version} != planned {version}")
+    enc = load_encoder(spec, threads)
     n = todo.num_rows
-    with local_progress(f"embedding {n} items ({encoder}, {dtype}, in the driver)", n) as advance:
-        vecs = enc.encode(todo["text"].to_pylist(), batch_size, on_batch=advance)
-    table = pa.table({
-        "domain": todo["domain"], "item_id": todo["item_id"], "embedding": vectors_to_arrow(vecs),
-        "text_hash": todo["text_hash"], "encoder": pa.array([encoder] * n, pa.string()),
-        "event_timestamp": pa.array([run_ts] * n, pa.timestamp("us", tz="UTC")),
-        "encoder_version": pa.array([version] * n, pa.string()),
-    }).cast(OUTPUT_SCHEMA)
+    with local_progress(f"embedding {n} items ({spec.encoder}, {spec.dtype}, in the driver)", n) as advance:
+        vecs = enc.encode(todo["text"].to_pylist(), spec.batch_size, on_batch=advance)
+    table = pa.Table.from_batches([embedded_batch(todo, vecs, spec)]).append_column(
+        "event_timestamp", pa.array([run_ts] * n, pa.timestamp("us", tz="UTC")))
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, tmp_dir / f"part-driver-{uuid.uuid4().hex[:8]}.snappy.parquet", **WRITE_OPTIONS)
+    pq.write_table(table.select(list(EMBEDDING_COLUMNS)).cast(OUTPUT_SCHEMA),
+                   tmp_dir / f"part-driver-{uuid.uuid4().hex[:8]}.snappy.parquet", **WRITE_OPTIONS)
 
 
-def _embed_spark(spark: SparkSession, todo: pa.Table, tmp_dir: Path, encoder: str, dtype: str, cache_dir: Path,
-                 version: str, run_ts: datetime, batch_size: int | None, rows_per_partition: int) -> None:
+def _embed_spark(spark: SparkSession, todo: pa.Table, tmp_dir: Path, spec: WorkerSpec, run_ts: datetime,
+                 rows_per_partition: int) -> None:
     """Embed a large delta with Spark: equal-cost tasks, one model per Python worker.
 
     The texts reach the workers as parquet shards next to the output, one per task, and a task
@@ -276,7 +267,6 @@ def _embed_spark(spark: SparkSession, todo: pa.Table, tmp_dir: Path, encoder: st
 
     n_todo = todo.num_rows
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-    spec = WorkerSpec(encoder=encoder, dtype=dtype, cache_dir=str(cache_dir), batch_size=batch_size, version=version)
     schema = "domain string, item_id string, embedding array<float>, text_hash string, encoder string, encoder_version string"
     # Tasks: a multiple of the cores, each of at most rows_per_partition items, all of the same
     # cost: texts are dealt round-robin by length (longest first), so every task gets the same
@@ -295,7 +285,8 @@ def _embed_spark(spark: SparkSession, todo: pa.Table, tmp_dir: Path, encoder: st
             "domain", "item_id", "embedding", "text_hash", "encoder",
             F.lit(run_ts).cast("timestamp").alias("event_timestamp"), "encoder_version",
         )
-        with spark_progress(spark, f"embedding {n_todo} items ({encoder}, {dtype})", f"crossrec-embed-{uuid.uuid4().hex[:6]}"):
+        with spark_progress(spark, f"embedding {n_todo} items ({spec.encoder}, {spec.dtype})",
+                            f"crossrec-embed-{uuid.uuid4().hex[:6]}"):
             # no dictionary encoding: parquet-mr otherwise hashes every float of every vector into a
             # dictionary before giving up on it (half the JVM's CPU in this job, by JFR samples)
             embedded.write.mode("overwrite").option("parquet.enable.dictionary", "false").parquet(str(tmp_dir))

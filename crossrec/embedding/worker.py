@@ -14,10 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from crossrec.encoders.base import TextEncoder
 
 OUTPUT_FIELDS = ("domain", "item_id", "embedding", "text_hash", "encoder", "encoder_version")
 
@@ -41,33 +45,44 @@ def vectors_to_arrow(vecs: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, flat)
 
 
+def load_encoder(spec: WorkerSpec, threads: int) -> TextEncoder:
+    """The spec's encoder, refused unless it is the version the driver planned with (else the
+    content hashes in the output would describe vectors of another encoder)."""
+    from crossrec.encoders import get_encoder
+
+    enc = get_encoder(spec.encoder, dtype=spec.dtype, threads=threads, cache_dir=spec.cache_dir)  # type: ignore[arg-type]
+    if enc.version != spec.version:
+        raise RuntimeError(f"encoder version {enc.version} here != {spec.version} planned by the driver")
+    return enc
+
+
+def embedded_batch(rows: pa.Table, vecs: np.ndarray, spec: WorkerSpec) -> pa.RecordBatch:
+    """The output rows (``OUTPUT_FIELDS``) for ``rows`` (domain, item_id, text_hash, ...) and
+    their vectors, as the Spark tasks and the driver both write them."""
+    n = rows.num_rows
+    return pa.RecordBatch.from_arrays(
+        [
+            rows.column("domain").combine_chunks(),
+            rows.column("item_id").combine_chunks(),
+            vectors_to_arrow(vecs),
+            rows.column("text_hash").combine_chunks(),
+            pa.array([spec.encoder] * n, pa.string()),
+            pa.array([spec.version] * n, pa.string()),
+        ],
+        names=list(OUTPUT_FIELDS),
+    )
+
+
 def make_embed_fn(spec: WorkerSpec) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def embed_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import torch
 
-        from crossrec.encoders import get_encoder
-
         torch.set_num_threads(1)
-        enc = get_encoder(spec.encoder, dtype=spec.dtype, threads=1, cache_dir=spec.cache_dir)  # type: ignore[arg-type]
-        if enc.version != spec.version:  # driver and worker must agree, or the hash is a lie
-            raise RuntimeError(f"worker encoder version {enc.version} != driver's {spec.version}")
+        enc = load_encoder(spec, threads=1)
         for batch in batches:
             for path in batch.column("path").to_pylist():
                 shard = pq.read_table(path)
-                if shard.num_rows == 0:
-                    continue
-                vecs = enc.encode(shard.column("text").to_pylist(), batch_size=spec.batch_size)
-                n = shard.num_rows
-                yield pa.RecordBatch.from_arrays(
-                    [
-                        shard.column("domain").combine_chunks(),
-                        shard.column("item_id").combine_chunks(),
-                        vectors_to_arrow(vecs),
-                        shard.column("text_hash").combine_chunks(),
-                        pa.array([spec.encoder] * n, pa.string()),
-                        pa.array([spec.version] * n, pa.string()),
-                    ],
-                    names=list(OUTPUT_FIELDS),
-                )
+                if shard.num_rows:
+                    yield embedded_batch(shard, enc.encode(shard.column("text").to_pylist(), spec.batch_size), spec)
 
     return embed_batches
