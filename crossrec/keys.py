@@ -111,3 +111,15 @@ class KeySchema:
     def recs_pattern(self, domain: str) -> str:
         """A SCAN pattern over every user's list in a domain (for tooling, not hot paths)."""
         return f"{self.prefix}:recs:{domain}:*"
+
+    def dedupe(self, user_id: str) -> str:
+        """The consumer's recent applied event ids of one user (a ZSET scored by event time).
+
+        The user id is a hash tag, so the key shares a Redis Cluster slot with the user's other
+        keys and the apply script may touch both atomically.
+        """
+        return f"{self.prefix}:dedupe:{{{user_id}}}"
+
+    def item_vectors(self, encoder_version: str) -> str:
+        """Text embeddings of items added by the stream (hash: ``domain\x1fitem_id`` -> float32 bytes)."""
+        return f"{self.prefix}:itemvec:{encoder_version}"

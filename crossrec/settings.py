@@ -117,6 +117,32 @@ class ServingSettings(BaseModel):
     redis_timeout_s: float = Field(default=0.5, gt=0)  # bounds how long a stuck Redis holds a request
 
 
+class StreamingSettings(BaseModel):
+    """The consumer service (`crossrec stream`): batch bounds, retries, dedupe window, metrics.
+
+    ``poll_timeout_ms``/``fetch_max_wait_ms`` bound how long an event can wait in the client
+    before its batch starts (freshness); ``max_poll_records`` bounds a batch's memory.
+    """
+
+    max_poll_records: int = Field(default=500, ge=1)
+    poll_timeout_ms: int = Field(default=200, ge=1)
+    fetch_max_wait_ms: int = Field(default=10, ge=0)  # the broker answers a fetch at least this often
+    max_message_bytes: int = Field(default=1_000_000, ge=1)  # larger values are dead-lettered
+    require_known_items: bool = True  # an event on an item with no catalogue hash is dead-lettered
+    dedupe_window: int = Field(default=200, ge=1)  # recent event ids remembered per user
+    dlq_timeout_s: float = Field(default=10.0, gt=0)  # how long a dead-letter send may take to confirm
+    commit_timeout_s: float = Field(default=10.0, gt=0)
+    retry_initial_s: float = Field(default=0.2, gt=0)  # first backoff after a dependency error
+    retry_max_s: float = Field(default=5.0, gt=0)  # backoff ceiling; retries go on until stopped
+    probe_interval_s: float = Field(default=5.0, gt=0)  # dependency probe + lag refresh period
+    reload_check_s: float = Field(default=10.0, ge=0)  # how often the model pointer is checked
+    session_timeout_ms: int = 6000  # measured: default timeouts make group joins take ~23 s
+    heartbeat_interval_ms: int = 2000
+    metadata_max_age_ms: int = 5000  # re-read topic metadata often: finds re-created topics
+    heartbeat_file: Path = Path("/tmp/crossrec-consumer.alive")  # touched only while healthy
+    metrics_port: int = Field(default=9108, ge=0, le=65535)  # Prometheus /metrics; 0 = off
+
+
 class ServicesSettings(BaseModel):
     """Local (embedded) services: where their pid and log files go.
 
@@ -156,6 +182,7 @@ class Settings(BaseSettings):
     spark: SparkSettings = Field(default_factory=SparkSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     clean: CleanSettings = Field(default_factory=CleanSettings)
 
     @field_validator("key_prefix")

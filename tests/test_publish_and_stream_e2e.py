@@ -97,12 +97,13 @@ def test_live_events_and_new_items_refresh_lists_with_the_real_model(settings: S
         stats = consumer.run(max_events=3, max_seconds=60)
     finally:
         consumer.close()
-    assert stats.applied == 3 and stats.lists_written >= 1
+    assert stats.applied == 2 and stats.lists_written >= 1
+    assert stats.dead_lettered == {"unknown_item": 1}  # office-404 is in no catalogue: refused, kept in the DLQ
     with RecClient(settings) as client:
         recs = client.get("NEWUSER", "office", 5)
     assert not recs.fallback and recs.source == "stream" and recs.model_version == "v0001"
     assert "office-004" not in {r.item_id for r in recs.items}  # bought: masked
     assert {r.because.item_id for r in recs.items if r.because} <= {"art-001", "office-004"}
-    # the item the model does not know is kept in the history (not lost), only not scored
+    # the event on an item no catalogue knows is not in the history (it is on the DLQ with its reason)
     with RecClient(settings) as client:
-        assert [e.item_id for e in client.history("NEWUSER").entries] == ["office-404", "office-004", "art-001"]
+        assert [e.item_id for e in client.history("NEWUSER").entries] == ["office-004", "art-001"]

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import uuid
+import zlib
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
@@ -21,22 +24,41 @@ pytestmark = pytest.mark.integration
 
 
 class CatalogueScorer:
-    """Recommends the target-domain catalogue items the user has not touched, newest added first."""
+    """Recommends the target-domain catalogue items the user has not touched, newest added first.
+
+    ``embed`` gives a deterministic 4-d vector per text and refuses texts containing
+    "UNEMBEDDABLE" (what a real encoder does with input it cannot handle is raise).
+    """
+
+    encoder_version = "test-encoder"
 
     def __init__(self, version: str, items: list[str]) -> None:
         self.version = version
         self.items = list(items)
-        self.added: list[tuple[str, str, str]] = []
+        self.embedded: list[str] = []
+        self.added: list[tuple[str, str, list[float]]] = []
 
-    def recommend(self, history: list[HistoryEvent], k: int) -> list[RecItem]:
-        seen = {h.item_id for h in history}
-        ranked = [i for i in reversed(self.items) if i not in seen][:k]
-        because = history[-1].item_id if history else None
-        return [RecItem(i, 1.0 / (n + 1), because) for n, i in enumerate(ranked)]
+    def covers(self, domain: str) -> bool:
+        return domain in ("art", "office")
 
-    def add_item(self, domain: str, item_id: str, text: str) -> None:
-        self.added.append((domain, item_id, text))
-        if domain == "office":
+    def recommend_many(self, histories: Mapping[str, Sequence[HistoryEvent]], k: int) -> dict[str, list[RecItem]]:
+        out = {}
+        for user, history in histories.items():
+            seen = {h.item_id for h in history}
+            ranked = [i for i in reversed(self.items) if i not in seen][:k]
+            because = history[-1].item_id if history else None
+            out[user] = [RecItem(i, 1.0 / (n + 1), because) for n, i in enumerate(ranked)]
+        return out
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if any("UNEMBEDDABLE" in t for t in texts):
+            raise ValueError("cannot embed this text")
+        self.embedded += list(texts)
+        return np.asarray([[zlib.crc32(t.encode()) % 97, len(t), 1.0, 0.5] for t in texts], dtype=np.float32)
+
+    def add_item(self, domain: str, item_id: str, vector: np.ndarray) -> None:
+        self.added.append((domain, item_id, [float(x) for x in vector]))
+        if domain == "office" and item_id not in self.items:
             self.items.append(item_id)
 
 
@@ -84,10 +106,18 @@ def _recs(redis_client, settings: Settings, user: str) -> RecList | None:
     return RecList.from_json(raw) if raw else None
 
 
+CATALOGUE = [("art", f"a{i}") for i in range(10)] + [("office", f"o{i}") for i in range(10)]
+
+
 @pytest.fixture()
 def settings(services_settings: Settings, redis_client) -> Settings:
+    """Isolated topics, a current model pointer, and the catalogue's display hashes (an event on
+    an item without one is refused as unknown)."""
     settings = _isolated(services_settings)
-    redis_client.set(KeySchema(settings.key_prefix).current_model(), "m1")
+    schema = KeySchema(settings.key_prefix)
+    redis_client.set(schema.current_model(), "m1")
+    for domain, item_id in CATALOGUE:
+        redis_client.hset(schema.item(domain, item_id), mapping={"title": f"{domain} {item_id}"})
     return settings
 
 
@@ -160,9 +190,9 @@ def test_crash_before_commit_loses_nothing_and_duplicates_nothing(settings: Sett
         polled += [r for rs in crashed.consumer.poll(timeout_ms=500).values() for r in rs]
         if len(polled) >= 6:
             break
-    crashed.process(polled)  # Redis written ...
+    outcome = crashed.process(polled)  # Redis written ...
     crashed.close()  # ... but the process "dies" before committing offsets
-    assert crashed.stats.applied == 6
+    assert outcome.applied == 6
 
     restarted = _consumer(settings, scorer)
     try:
@@ -193,9 +223,12 @@ def test_catalogue_update_makes_a_new_item_recommendable(settings: Settings, red
     finally:
         consumer.close()
     assert stats.items_added == 1 and stats.dead_lettered == {"missing_field:title": 1}
-    assert scorer.added == [("office", "o-new", "Stapler & Staples | acme")]
-    title = redis_client.hget(KeySchema(settings.key_prefix).item("office", "o-new"), "title")
-    assert title == b"Stapler & Staples"
+    assert scorer.embedded == ["Stapler & Staples | acme"]
+    assert [(d, i) for d, i, _ in scorer.added] == [("office", "o-new")]
+    schema = KeySchema(settings.key_prefix)
+    assert redis_client.hget(schema.item("office", "o-new"), "title") == b"Stapler & Staples"
+    stored = redis_client.hget(schema.item_vectors("test-encoder"), "office\x1fo-new")
+    assert np.frombuffer(stored, "<f4").tolist() == scorer.added[0][2]  # the text vector is durable
     recs = _recs(redis_client, settings, "u9")
     assert recs is not None and recs.items[0].item_id == "o-new"
 

@@ -1,4 +1,5 @@
-"""`crossrec stream` (the consumer service) and `crossrec replay` (raw logs -> Kafka)."""
+"""`crossrec stream` (the consumer service), `crossrec stream status` (group lag) and
+`crossrec replay` (raw logs -> Kafka)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,40 @@ import typer
 from crossrec.console import console
 from crossrec.settings import get_settings
 
+stream_app = typer.Typer(
+    help="Consume events and catalogue updates; write fresh top-K lists to Redis; commit after writing.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
 
+
+@stream_app.callback()
 def stream(
+    ctx: typer.Context,
     max_seconds: float = typer.Option(None, help="Stop after this many seconds (default: run until SIGTERM)."),
     max_events: int = typer.Option(None, help="Stop after consuming this many messages."),
     idle_exit_s: float = typer.Option(None, help="Stop when no message arrived for this long."),
-    heartbeat_file: Path = typer.Option(Path("/tmp/crossrec-consumer.alive"), help="Touched every poll (health check)."),
+    heartbeat_file: Path = typer.Option(None, help="Touched while healthy (default: streaming.heartbeat_file)."),
     stats_file: Path = typer.Option(None, help="Also write the final counters here as JSON."),
+    metrics_port: int = typer.Option(None, help="Prometheus /metrics port (default: streaming.metrics_port; 0 = off)."),
 ) -> None:
-    """Consume events and catalogue updates; write fresh top-K lists to Redis; commit after writing."""
+    """Consume events and catalogue updates; write fresh top-K lists to Redis; commit after writing.
+
+    `crossrec stream status` prints the consumer group's lag per partition instead.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from crossrec.streaming.consumer import RecsConsumer
     from crossrec.streaming.scoring import load_scorer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # reconnect noise during an outage
     settings = get_settings()
-    consumer = RecsConsumer(settings, lambda: load_scorer(settings), heartbeat_file=heartbeat_file)
+    consumer = RecsConsumer(
+        settings, lambda: load_scorer(settings), heartbeat_file=heartbeat_file or settings.streaming.heartbeat_file
+    )
     consumer.install_signal_handlers()
+    consumer.serve_metrics(metrics_port)
     try:
         stats = consumer.run(max_seconds=max_seconds, max_events=max_events, idle_exit_s=idle_exit_s)
     finally:
@@ -34,6 +53,24 @@ def stream(
     if stats_file is not None:
         stats_file.write_text(json.dumps(stats.as_dict()))
     console.print_json(data=stats.as_dict())
+
+
+@stream_app.command("status")
+def status() -> None:
+    """The consumer group's committed offset, end offset and lag per partition."""
+    from rich.table import Table
+
+    from crossrec.streaming.lag import group_lag
+
+    settings = get_settings()
+    rows = group_lag(settings)
+    table = Table(title=f"consumer group {settings.kafka.consumer_group}")
+    for column in ("topic", "partition", "committed", "end", "lag"):
+        table.add_column(column, justify="left" if column == "topic" else "right")
+    for row in rows:
+        table.add_row(row.topic, str(row.partition), "-" if row.committed is None else str(row.committed), str(row.end), str(row.lag))
+    console.print(table)
+    console.print(f"total lag: {sum(r.lag for r in rows)}")
 
 
 def replay(
@@ -52,5 +89,5 @@ def replay(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("stream")(stream)
+    app.add_typer(stream_app, name="stream")
     app.command("replay")(replay)

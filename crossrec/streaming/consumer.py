@@ -1,10 +1,24 @@
 """The recommendations consumer: Kafka events -> user history -> fresh top-K in Redis.
 
-Delivery guarantee: offsets are committed only after everything a batch caused is durable
-(history and lists in Redis, bad messages on the dead-letter topic), so a crash or restart
-re-delivers at most the uncommitted batch and loses nothing. Re-delivery is harmless because
-each event is applied through a Lua script that marks ``{p}:seen:{event_id}`` and pushes the
-history entry atomically: an event already seen is skipped, so history never holds a duplicate.
+Per poll (at most ``streaming.max_poll_records`` messages, which bounds a batch's memory):
+
+1. **validate** every message (the cleaner's rules; an event on an item with no catalogue hash
+   is refused when ``streaming.require_known_items``);
+2. **apply**: catalogue items are embedded in one encoder call and stored (display hash and text
+   vector, see :mod:`crossrec.streaming.catalog`); events go to the histories through the dedupe
+   script, all in one pipeline (see :mod:`crossrec.streaming.history`);
+3. **score** every touched user of the batch with one matmul over the target catalogue;
+4. **write** every list in one pipeline;
+5. **commit** the batch's offsets, after the dead-letter sends of the batch are confirmed.
+
+Delivery guarantee: offsets are committed only after everything a batch caused is durable, so a
+crash re-delivers at most the uncommitted batch and loses nothing; re-delivery is harmless because
+the dedupe script skips an event already applied. A message that cannot be handled (bad bytes, an
+unknown item, a text the encoder cannot embed, a corrupt stored history, a scoring failure) goes
+to the dead-letter topic with a reason and the partition goes on. A dependency error (Redis or
+the broker) retries the whole batch with exponential backoff (tenacity) until it is back; the
+heartbeat file is not touched meanwhile, so the health check turns unhealthy, and the process
+never exits for an outage.
 
 The scorer is re-loaded when the model pointer in Redis changes (a nightly promotion), so the
 consumer never needs a restart to pick up a new model.
@@ -12,45 +26,54 @@ consumer never needs a restart to pick up a new model.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
+
 from crossrec.keys import HistoryEvent, KeySchema, RecItem, RecList
 from crossrec.publish import ItemDisplay, RecWriter
 from crossrec.settings import Settings
+from crossrec.streaming.catalog import queue_item_vectors
+from crossrec.streaming.faults import DEPENDENCY_ERRORS, dead_letter_payload, dependency_name
+from crossrec.streaming.history import APPLIED, DUPLICATE, OUTSIDE_WINDOW, HistoryApplier, PendingEvent
 from crossrec.streaming.messages import BadMessage, EventMessage, ItemMessage, parse_event, parse_item
+from crossrec.streaming.metrics import STAGES, ConsumerMetrics
 
 log = logging.getLogger(__name__)
 
-SEEN_TTL_S = 7 * 24 * 3600  # longer than any plausible re-delivery window
+FRESHNESS_SAMPLES = 200_000  # newest produce-to-list latencies kept for the stats file
 
-# KEYS[1] = seen marker, KEYS[2] = history list; ARGV = event json, cap, ttl.
-_APPLY_EVENT_LUA = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
-  return 1
-end
-return 0
-"""
+# Dead-letter reasons the consumer adds to the parser's.
+UNKNOWN_ITEM = "unknown_item"
+EMBED_FAILED = "embed_failed"
+ADD_ITEM_FAILED = "add_item_failed"
+CORRUPT_HISTORY = "corrupt_history"
+SCORING_FAILED = "scoring_failed"
+OUTSIDE_DEDUPE_WINDOW = "outside_dedupe_window"
 
 
 class Scorer(Protocol):
     """What the consumer needs from a model; ``crossrec.streaming.scoring`` adapts the real one."""
 
     version: str
+    encoder_version: str  # key of the stored item vectors
 
-    def recommend(self, history: list[HistoryEvent], k: int) -> list[RecItem]: ...
+    def covers(self, domain: str) -> bool: ...
 
-    def add_item(self, domain: str, item_id: str, text: str) -> None: ...
+    def recommend_many(self, histories: Mapping[str, Sequence[HistoryEvent]], k: int) -> dict[str, list[RecItem]]: ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def add_item(self, domain: str, item_id: str, vector: np.ndarray) -> None: ...
 
 
 ScorerFactory = Callable[[], "Scorer | None"]
@@ -64,13 +87,53 @@ class ConsumerStats:
     items_added: int = 0
     lists_written: int = 0
     commits: int = 0
+    batches: int = 0
     model_reloads: int = 0
+    dependency_errors: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
+    stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    freshness_ms: deque[float] = field(default_factory=lambda: deque(maxlen=FRESHNESS_SAMPLES))
 
     def as_dict(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
+        data = {k: v for k, v in self.__dict__.items() if k != "freshness_ms"}
         data["dead_lettered"] = dict(self.dead_lettered)
+        data["stage_s"] = dict(self.stage_s)
+        if self.freshness_ms:
+            fresh = np.asarray(self.freshness_ms)
+            data["freshness_ms"] = {
+                "n": int(fresh.size),
+                "p50": float(np.percentile(fresh, 50)),
+                "p99": float(np.percentile(fresh, 99)),
+                "max": float(fresh.max()),
+            }
         return data
+
+
+@dataclass
+class _Batch:
+    """What one attempt at a batch produced; merged into the stats only once it is committed."""
+
+    applied: int = 0
+    duplicates: int = 0
+    items_added: int = 0
+    lists_written: int = 0
+    dead: list[tuple[Any, str, str]] = field(default_factory=list)  # (record, reason, detail)
+    stage_s: dict[str, float] = field(default_factory=dict)
+    freshness_ms: list[float] = field(default_factory=list)
+    corrupt: dict[str, list[bytes]] = field(default_factory=dict)  # user -> unreadable history entries
+
+
+class _Clock:
+    """Adds the time since the last mark to a stage (the batch split the benchmark reports)."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into = into
+        self.last = time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.into[stage] = self.into.get(stage, 0.0) + now - self.last
+        self.last = now
 
 
 class RecsConsumer:
@@ -81,26 +144,34 @@ class RecsConsumer:
         settings: Settings,
         scorer_factory: ScorerFactory,
         *,
-        poll_timeout_ms: int = 500,
-        max_poll_records: int = 500,
-        reload_check_s: float = 10.0,
+        poll_timeout_ms: int | None = None,
+        max_poll_records: int | None = None,
+        reload_check_s: float | None = None,
         heartbeat_file: Path | None = None,
     ) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
+        cfg = settings.streaming
         self.settings = settings
+        self.cfg = cfg
         self.schema = KeySchema(settings.key_prefix)
         self.writer = RecWriter.from_settings(settings)
-        self._apply_event = self.writer.client.register_script(_APPLY_EVENT_LUA)
+        self.history = HistoryApplier(
+            self.writer.client, self.schema, history_cap=self.writer.history_cap, dedupe_window=cfg.dedupe_window
+        )
         self.scorer_factory = scorer_factory
         self.scorer: Scorer | None = None
         self.known_domains = set(settings.domains)
-        self.poll_timeout_ms = poll_timeout_ms
-        self.reload_check_s = reload_check_s
+        self.poll_timeout_ms = poll_timeout_ms if poll_timeout_ms is not None else cfg.poll_timeout_ms
+        self.reload_check_s = reload_check_s if reload_check_s is not None else cfg.reload_check_s
         self.heartbeat_file = heartbeat_file
         self.stats = ConsumerStats()
+        self.metrics = ConsumerMetrics()
+        self.healthy = False  # becomes True once both dependencies answered
         self._stop = threading.Event()
         self._last_reload_check = 0.0
+        self._last_probe = 0.0
+        self._next_offsets: dict[Any, int] = {}  # TopicPartition -> next offset to commit
         kafka = settings.kafka
         self.consumer = KafkaConsumer(
             kafka.events_topic,
@@ -109,12 +180,20 @@ class RecsConsumer:
             group_id=kafka.consumer_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=max_poll_records,
-            session_timeout_ms=6000,  # measured: default timeouts make group joins take ~23 s
-            heartbeat_interval_ms=2000,
+            max_poll_records=max_poll_records or cfg.max_poll_records,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            metadata_max_age_ms=cfg.metadata_max_age_ms,
             client_id="crossrec-consumer",
         )
-        self.producer = KafkaProducer(**kafka.client_kwargs(), acks="all", client_id="crossrec-dlq")
+        self.producer = KafkaProducer(
+            **kafka.client_kwargs(),
+            acks="all",
+            client_id="crossrec-dlq",
+            max_block_ms=int(cfg.dlq_timeout_s * 1000),  # a send never blocks longer than its confirm
+            metadata_max_age_ms=cfg.metadata_max_age_ms,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -124,10 +203,18 @@ class RecsConsumer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
 
+    def serve_metrics(self, port: int | None = None) -> None:
+        """Expose the Prometheus metrics on ``port`` (default ``streaming.metrics_port``; 0 = off)."""
+        port = self.cfg.metrics_port if port is None else port
+        if port:
+            self.metrics.serve(port)
+
     def close(self) -> None:
-        self.consumer.close(autocommit=False)
-        self.producer.close()
-        self.writer.close()
+        for close in (lambda: self.consumer.close(autocommit=False), self.producer.close, self.writer.close):
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - closing during an outage must not mask the exit
+                log.warning("close: %s", exc)
 
     def run(
         self,
@@ -140,21 +227,19 @@ class RecsConsumer:
         """Poll until stopped, or a bound is hit (for demos, tests and one-shot catch-up runs)."""
         started = time.monotonic()
         last_message = started
-        self._maybe_reload_scorer(force=True)
+        self._retrying(lambda: self._maybe_reload_scorer(force=True))
         while not self._stop.is_set():
+            poll_started = time.perf_counter()
             batch = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
             records = [rec for recs in batch.values() for rec in recs]
             now = time.monotonic()
             if records:
-                self.process(records)
-                self.producer.flush()
-                self.consumer.commit()
-                self.stats.commits += 1
-                last_message = now
-                if on_batch is not None:
-                    on_batch(self.stats)
-            self._beat()
-            self._maybe_reload_scorer()
+                poll_s = time.perf_counter() - poll_started
+                if self._retrying(lambda: self._handle(records, poll_s)):
+                    last_message = now
+                    if on_batch is not None:
+                        on_batch(self.stats)
+            self._housekeeping()
             if max_seconds is not None and now - started >= max_seconds:
                 break
             if max_events is not None and self.stats.consumed >= max_events:
@@ -163,67 +248,332 @@ class RecsConsumer:
                 break
         return self.stats
 
-    # -- processing --------------------------------------------------------------------------
-    def process(self, records: Iterable[Any]) -> None:
-        """Apply one polled batch; the caller commits offsets only after this returns."""
-        kafka = self.settings.kafka
-        touched_users: dict[str, None] = {}  # ordered set
+    # -- one batch ---------------------------------------------------------------------------
+    def _handle(self, records: list[Any], poll_s: float) -> None:
+        """Process, confirm dead letters, commit; raises a dependency error to be retried."""
+        from kafka.errors import CommitFailedError
+
+        started = time.perf_counter()
+        outcome = self.process(records)
+        clock = _Clock(outcome.stage_s)
+        self._confirm_dead_letters(outcome.dead, records)
+        try:
+            self.consumer.commit(self._offsets(records), timeout_ms=int(self.cfg.commit_timeout_s * 1000))
+            self.stats.commits += 1
+        except CommitFailedError as exc:
+            # The group rebalanced while we worked (e.g. a long outage): another member owns the
+            # partition now and gets this batch again from the last commit; the dedupe makes the
+            # second application a no-op, so dropping the commit is safe and retrying it is not.
+            log.warning("commit refused after a rebalance; the batch will be re-delivered: %s", exc)
+        clock.mark("commit")
+        outcome.stage_s["poll"] = poll_s
+        self._merge(records, outcome, time.perf_counter() - started + poll_s)
+
+    def process(self, records: Sequence[Any]) -> _Batch:
+        """Validate, apply, score and write one polled batch; commits nothing (the caller does).
+
+        Dead letters are sent (not yet confirmed) as they are found; ``_handle`` confirms them
+        before it commits.
+        """
+        out = _Batch()
+        clock = _Clock(out.stage_s)
+        items, events = self._validate(records, out)
+        clock.mark("validate")
+        self._apply_items(items, out)
+        touched = self._apply_events(events, out)
+        clock.mark("apply")
+        lists = self._score(touched, out) if self.scorer is not None else {}
+        clock.mark("score")
+        self._write(lists, touched, out)
+        clock.mark("write")
+        return out
+
+    def _validate(self, records: Sequence[Any], out: _Batch) -> tuple[list[tuple[Any, ItemMessage]], list[tuple[Any, EventMessage]]]:
+        items_topic = self.settings.kafka.items_topic
+        limit = self.cfg.max_message_bytes
+        items: list[tuple[Any, ItemMessage]] = []
+        events: list[tuple[Any, EventMessage]] = []
         for record in records:
-            self.stats.consumed += 1
             try:
-                if record.topic == kafka.items_topic:
-                    self._apply_item(parse_item(record.value, self.known_domains))
+                if record.topic == items_topic:
+                    items.append((record, parse_item(record.value, self.known_domains, limit)))
                 else:
-                    event = parse_event(record.value, self.known_domains)
-                    self._apply_history(event)
-                    # Refresh even for a duplicate: a crash may have come after the history write
-                    # but before the list write, and re-scoring is idempotent.
-                    touched_users[event.user_id] = None
+                    events.append((record, parse_event(record.value, self.known_domains, limit)))
             except BadMessage as bad:
-                self._dead_letter(record, bad.reason)
-        for user_id in touched_users:
-            self._refresh_recs(user_id)
+                self._dead_letter(out, record, bad.reason, str(bad))
+        if self.cfg.require_known_items and events:
+            events = self._known_items_only(events, {(it.domain, it.item_id) for _, it in items}, out)
+        return items, events
 
-    def _apply_history(self, event: EventMessage) -> None:
-        entry = HistoryEvent(event.domain, event.item_id, event.event_type, event.ts_ms / 1000.0)
-        applied = self._apply_event(
-            keys=[self.schema.seen(event.event_id), self.schema.history(event.user_id)],
-            args=[entry.to_json(), self.writer.history_cap, SEEN_TTL_S],
+    def _known_items_only(
+        self, events: list[tuple[Any, EventMessage]], new_items: set[tuple[str, str]], out: _Batch
+    ) -> list[tuple[Any, EventMessage]]:
+        """Drop (dead-letter) events whose item has no catalogue hash; one round trip per batch."""
+        keys = sorted({(e.domain, e.item_id) for _, e in events} - new_items)
+        pipe = self.writer.client.pipeline(transaction=False)
+        for domain, item_id in keys:
+            pipe.exists(self.schema.item(domain, item_id))
+        known = {key for key, found in zip(keys, pipe.execute()) if found} | new_items
+        kept = []
+        for record, event in events:
+            if (event.domain, event.item_id) in known:
+                kept.append((record, event))
+            else:
+                self._dead_letter(out, record, UNKNOWN_ITEM, f"{event.domain}/{event.item_id}")
+        return kept
+
+    def _apply_items(self, items: list[tuple[Any, ItemMessage]], out: _Batch) -> None:
+        """Embed (one encoder call), add to the model, then store display data and vectors."""
+        if not items or self.scorer is None:
+            if items:
+                # Without a model the item cannot be embedded in a known encoder space yet; it keeps
+                # its display data, and the DLQ keeps the message to replay once a model exists.
+                self.writer.write_items(ItemDisplay(i.domain, i.item_id, i.title, i.category, i.brand) for _, i in items)
+                for record, _ in items:
+                    self._dead_letter(out, record, "no_model_yet")
+            return
+        scorer = self.scorer
+        vectors = self._embed_isolated([i.text for _, i in items])
+        stored: list[tuple[str, str, np.ndarray]] = []
+        displays: list[ItemDisplay] = []
+        for (record, item), vector in zip(items, vectors):
+            if isinstance(vector, Exception):
+                self._dead_letter(out, record, EMBED_FAILED, repr(vector))
+                continue
+            try:
+                if scorer.covers(item.domain):
+                    scorer.add_item(item.domain, item.item_id, vector)
+            except Exception as exc:  # noqa: BLE001 - this item's fault (size, model type): DLQ it
+                self._dead_letter(out, record, ADD_ITEM_FAILED, repr(exc))
+                continue
+            stored.append((item.domain, item.item_id, vector))
+            displays.append(ItemDisplay(item.domain, item.item_id, item.title, item.category, item.brand))
+        pipe = self.writer.client.pipeline(transaction=False)
+        for display in displays:
+            pipe.hset(self.schema.item(display.domain, display.item_id), mapping=display.fields())  # type: ignore[arg-type]
+        queue_item_vectors(pipe, self.schema, scorer.encoder_version, stored)
+        pipe.execute()
+        out.items_added += len(stored)
+
+    def _embed_isolated(self, texts: list[str]) -> list[np.ndarray | Exception]:
+        """One encoder call for all texts; if it fails, one call per text finds the bad ones."""
+        assert self.scorer is not None
+        try:
+            return list(self.scorer.embed(texts))
+        except Exception:  # noqa: BLE001 - some text broke the batch: find which, one by one
+            results: list[np.ndarray | Exception] = []
+            for text in texts:
+                try:
+                    results.append(self.scorer.embed([text])[0])
+                except Exception as exc:  # noqa: BLE001 - that text's fault
+                    results.append(exc)
+            return results
+
+    def _apply_events(self, events: list[tuple[Any, EventMessage]], out: _Batch) -> dict[str, list[Any]]:
+        """Dedupe + push every event in one pipeline; returns user -> the batch's records of them."""
+        pending = [
+            PendingEvent(e.user_id, e.event_id, e.ts_ms, HistoryEvent(e.domain, e.item_id, e.event_type, e.ts_ms / 1000.0))
+            for _, e in events
+        ]
+        touched: dict[str, list[Any]] = {}
+        for (record, event), outcome in zip(events, self.history.apply(pending)):
+            if outcome == OUTSIDE_WINDOW:
+                self._dead_letter(out, record, OUTSIDE_DEDUPE_WINDOW, f"{event.user_id}/{event.event_id}")
+                continue
+            if outcome == APPLIED:
+                out.applied += 1
+            elif outcome == DUPLICATE:
+                out.duplicates += 1
+            # Refresh even for a duplicate: a crash may have come after the history write but
+            # before the list write, and re-scoring is idempotent.
+            touched.setdefault(event.user_id, []).append(record)
+        return touched
+
+    def _score(self, touched: dict[str, list[Any]], out: _Batch) -> dict[str, list[RecItem]]:
+        """Read every touched history (one round trip) and score all users in one matmul."""
+        assert self.scorer is not None
+        users = list(touched)
+        histories: dict[str, list[HistoryEvent]] = {}
+        for user, raw in zip(users, self.history.read_histories(users)):
+            entries, bad = [], []
+            for item in reversed(raw):  # oldest first
+                try:
+                    entries.append(HistoryEvent.from_json(item))
+                except Exception:  # noqa: BLE001 - an entry someone else wrote wrongly
+                    bad.append(item)
+            if bad:
+                # The events that led here are reported; the unreadable entries are removed in
+                # the write pipeline, so the user's next events score normally again.
+                out.corrupt[user] = bad
+                for record in touched[user]:
+                    self._dead_letter(out, record, CORRUPT_HISTORY, repr(bad[0][:200]))
+            histories[user] = entries
+        k = self.settings.top_k
+        try:
+            return self.scorer.recommend_many(histories, k)
+        except Exception:  # noqa: BLE001 - one user broke the batch matmul: score one by one
+            lists: dict[str, list[RecItem]] = {}
+            for user, history in histories.items():
+                try:
+                    lists.update(self.scorer.recommend_many({user: history}, k))
+                except Exception as exc:  # noqa: BLE001 - this user's events are reported
+                    for record in touched[user]:
+                        self._dead_letter(out, record, SCORING_FAILED, repr(exc))
+            return lists
+
+    def _write(self, lists: dict[str, list[RecItem]], touched: dict[str, list[Any]], out: _Batch) -> None:
+        """Every list (and the removal of corrupt history entries) in one pipeline."""
+        if not lists and not out.corrupt:
+            return
+        assert self.scorer is not None
+        pipe = self.writer.client.pipeline(transaction=False)
+        for user, bad in out.corrupt.items():
+            for entry in bad:
+                pipe.lrem(self.schema.history(user), 0, entry)
+        domain = self.settings.target_domain
+        version = self.scorer.version
+        for user, items in lists.items():
+            pipe.set(self.schema.recs(domain, user), RecList(items=items, model_version=version, source="stream").to_json())
+        pipe.execute()
+        out.lists_written += len(lists)
+        written_ms = time.time() * 1000.0
+        for user in lists:
+            out.freshness_ms.extend(written_ms - record.timestamp for record in touched[user])
+
+    # -- dead letters, commits, stats -------------------------------------------------------
+    def _dead_letter(self, out: _Batch, record: Any, reason: str, detail: str = "") -> None:
+        out.dead.append((record, reason, detail))
+
+    def _confirm_dead_letters(self, dead: list[tuple[Any, str, str]], records: Sequence[Any]) -> None:
+        """Send the batch's dead letters and wait for the broker's acks (before any commit)."""
+        topic = self.settings.kafka.dead_letter_topic
+        futures = [
+            self.producer.send(topic, key=record.key, value=dead_letter_payload(record, reason, detail))
+            for record, reason, detail in dead
+        ]
+        for future in futures:
+            future.get(timeout=self.cfg.dlq_timeout_s)
+
+    def _offsets(self, records: Sequence[Any]) -> dict[Any, Any]:
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        offsets: dict[Any, Any] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            if tp not in offsets or record.offset + 1 > offsets[tp].offset:
+                offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+        for tp, meta in offsets.items():
+            self._next_offsets[tp] = meta.offset
+        return offsets
+
+    def _merge(self, records: Sequence[Any], out: _Batch, batch_s: float) -> None:
+        s, m = self.stats, self.metrics
+        s.consumed += len(records)
+        s.batches += 1
+        s.applied += out.applied
+        s.duplicates += out.duplicates
+        s.items_added += out.items_added
+        s.lists_written += out.lists_written
+        for topic, n in Counter(r.topic for r in records).items():
+            m.consumed.labels(topic).inc(n)
+        m.applied.inc(out.applied)
+        m.duplicates.inc(out.duplicates)
+        m.items_added.inc(out.items_added)
+        m.lists_written.inc(out.lists_written)
+        for _, reason, _ in out.dead:
+            s.dead_lettered[reason] += 1
+            m.dead_lettered.labels(reason).inc()
+        for stage, seconds in out.stage_s.items():
+            s.stage_s[stage] = s.stage_s.get(stage, 0.0) + seconds
+            m.stage_seconds.labels(stage).observe(seconds)
+        m.batch_seconds.observe(batch_s)
+        s.freshness_ms.extend(out.freshness_ms)
+        for ms in out.freshness_ms:
+            m.freshness_seconds.observe(max(ms, 0.0) / 1000.0)
+        self._set_healthy(True)
+
+    # -- dependency errors -------------------------------------------------------------------
+    def _retrying(self, work: Callable[[], None]) -> bool:
+        """Run ``work`` until it succeeds or the consumer is stopped; False if stopped first.
+
+        Only dependency errors are retried (tenacity, exponential backoff up to
+        ``streaming.retry_max_s``); the whole batch is redone, which the dedupe makes safe.
+        """
+        retrying = Retrying(
+            retry=retry_if_exception_type(DEPENDENCY_ERRORS),
+            wait=wait_exponential(multiplier=self.cfg.retry_initial_s, max=self.cfg.retry_max_s),
+            stop=lambda _: self._stop.is_set(),
+            sleep=self._stop.wait,
+            before_sleep=self._on_dependency_error,
+            reraise=True,
         )
-        if applied:
-            self.stats.applied += 1
-        else:
-            self.stats.duplicates += 1
+        try:
+            retrying(work)
+            return True
+        except DEPENDENCY_ERRORS:
+            if self._stop.is_set():
+                return False  # stopped during an outage: exit without committing
+            raise
 
-    def _apply_item(self, item: ItemMessage) -> None:
-        self.writer.write_items([ItemDisplay(item.domain, item.item_id, item.title, item.category, item.brand)])
-        if self.scorer is not None:
-            self.scorer.add_item(item.domain, item.item_id, item.text)
-        self.stats.items_added += 1
-
-    def _refresh_recs(self, user_id: str) -> None:
-        if self.scorer is None:
-            return  # no model promoted yet: readers fall back to the popular list
-        raw = self.writer.client.lrange(self.schema.history(user_id), 0, -1)
-        history = [HistoryEvent.from_json(r) for r in reversed(raw)]  # oldest first
-        items = self.scorer.recommend(history, self.settings.top_k)
-        recs = RecList(items=items, model_version=self.scorer.version, source="stream")
-        self.writer.write_recs(self.settings.target_domain, user_id, recs)
-        self.stats.lists_written += 1
-
-    def _dead_letter(self, record: Any, reason: str) -> None:
-        payload = {
-            "reason": reason,
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "key": record.key.decode("utf-8", "replace") if record.key else None,
-            "value": record.value.decode("utf-8", "replace") if record.value else None,
-        }
-        self.producer.send(self.settings.kafka.dead_letter_topic, key=record.key, value=json.dumps(payload).encode())
-        self.stats.dead_lettered[reason] += 1
+    def _on_dependency_error(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        name = dependency_name(exc) if exc is not None else "unknown"
+        self.stats.dependency_errors += 1
+        self.metrics.dependency_errors.labels(name).inc()
+        self.metrics.dependency_up.labels(name).set(0)
+        self._set_healthy(False)
+        log.warning(
+            "%s unavailable (%s: %s); batch not committed, retry %d in %.1fs",
+            name, type(exc).__name__, exc, state.attempt_number,
+            state.next_action.sleep if state.next_action else 0.0,
+        )
 
     # -- housekeeping ------------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        """Probe the dependencies and refresh lag, maybe reload the model, then beat if healthy."""
+        now = time.monotonic()
+        if now - self._last_probe >= self.cfg.probe_interval_s:
+            self._last_probe = now
+            self._probe()
+        try:
+            self._maybe_reload_scorer()
+        except DEPENDENCY_ERRORS as exc:
+            log.warning("model pointer unreadable: %s", exc)
+            self._set_healthy(False)
+        if self.healthy:
+            self._beat()
+
+    def _probe(self) -> None:
+        """Redis PING and a broker round trip (end offsets, which also give the lag)."""
+        ok = True
+        try:
+            self.writer.client.ping()
+            self.metrics.dependency_up.labels("redis").set(1)
+        except DEPENDENCY_ERRORS as exc:
+            log.warning("redis probe failed: %s", exc)
+            self.metrics.dependency_up.labels("redis").set(0)
+            ok = False
+        try:
+            assigned = list(self.consumer.assignment())
+            if assigned:
+                ends = self.consumer.end_offsets(assigned, timeout_ms=2000)
+                for tp, end in ends.items():
+                    position = self._next_offsets.get(tp)
+                    if position is None:
+                        position = self.consumer.position(tp, timeout_ms=1000)
+                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(end - (position or 0), 0))
+            else:
+                self.consumer.topics()  # a metadata round trip: is the broker there at all?
+            self.metrics.dependency_up.labels("kafka").set(1)
+        except DEPENDENCY_ERRORS as exc:
+            log.warning("broker probe failed: %s", exc)
+            self.metrics.dependency_up.labels("kafka").set(0)
+            ok = False
+        self._set_healthy(ok)
+
+    def _set_healthy(self, healthy: bool) -> None:
+        self.healthy = healthy
+
     def _maybe_reload_scorer(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_reload_check < self.reload_check_s:
@@ -239,5 +589,6 @@ class RecsConsumer:
             self.stats.model_reloads += 1
 
     def _beat(self) -> None:
+        """Touch the health file; a stale file (no healthy loop for a while) means unhealthy."""
         if self.heartbeat_file is not None:
             self.heartbeat_file.touch()

@@ -15,6 +15,14 @@ from crossrec.cleaning.normalize import validate_event, validate_item
 from crossrec.cleaning.reasons import MALFORMED_JSON, UNKNOWN_DOMAIN
 
 SCHEMA_VERSION = 1
+MAX_MESSAGE_BYTES = 1_000_000  # the default of ``streaming.max_message_bytes``
+
+# Reasons of the streaming path that the batch cleaner has no use for.
+EMPTY_VALUE = "empty_value"
+TOO_LARGE = "value_too_large"
+NOT_UTF8 = "not_utf8"
+UNSUPPORTED_SCHEMA = "unsupported_schema_version"
+WRONG_TYPE = "wrong_type"  # wrong_type:<field>
 
 
 class BadMessage(ValueError):
@@ -45,23 +53,41 @@ class ItemMessage:
     brand: str | None
 
 
-def _decode(raw: bytes | None) -> dict[str, Any]:
-    if raw is None:
-        raise BadMessage("empty_value")
+def _decode(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
+    """Bytes -> JSON object, checked in the cheapest order (size before parsing a huge value)."""
+    if not raw:
+        raise BadMessage(EMPTY_VALUE)
+    if len(raw) > max_bytes:
+        raise BadMessage(TOO_LARGE, f"{len(raw)} bytes > {max_bytes}")
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadMessage(NOT_UTF8, str(exc)[:200]) from exc
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise BadMessage(MALFORMED_JSON, str(exc)[:200]) from exc
     if not isinstance(data, dict):
         raise BadMessage(MALFORMED_JSON, "value is not a JSON object")
     version = data.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise BadMessage("unsupported_schema_version", repr(version))
+    if type(version) is not int or version != SCHEMA_VERSION:  # True == 1 must not pass
+        raise BadMessage(UNSUPPORTED_SCHEMA, repr(version)[:50])
     return data
 
 
-def parse_event(raw: bytes | None, known_domains: set[str]) -> EventMessage:
-    clean, reason = validate_event(_decode(raw), known_domains=known_domains)
+def _check_scalars(data: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """Ids and names must be JSON strings or integers: the cleaner would stringify an object or
+    a list into an id (``'{"a":1}'``), which on a live topic is a producer bug, not an id."""
+    for name in fields:
+        value = data.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+            raise BadMessage(f"{WRONG_TYPE}:{name}", type(value).__name__)
+
+
+def parse_event(raw: bytes | None, known_domains: set[str], max_bytes: int = MAX_MESSAGE_BYTES) -> EventMessage:
+    data = _decode(raw, max_bytes)
+    _check_scalars(data, ("event_id", "user_id", "domain", "item_id", "event_type"))
+    clean, reason = validate_event(data, known_domains=known_domains)
     if clean is None:
         raise BadMessage(reason or "invalid_event")
     return EventMessage(
@@ -74,8 +100,10 @@ def parse_event(raw: bytes | None, known_domains: set[str]) -> EventMessage:
     )
 
 
-def parse_item(raw: bytes | None, known_domains: set[str]) -> ItemMessage:
-    clean, reason = validate_item(_decode(raw))
+def parse_item(raw: bytes | None, known_domains: set[str], max_bytes: int = MAX_MESSAGE_BYTES) -> ItemMessage:
+    data = _decode(raw, max_bytes)
+    _check_scalars(data, ("domain", "item_id"))
+    clean, reason = validate_item(data)
     if clean is None:
         raise BadMessage(reason or "invalid_item")
     if clean["domain"] not in known_domains:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+
+import numpy as np
 
 from crossrec.adaptation.inference import Recommender, load_current
 from crossrec.keys import HistoryEvent, RecItem
-from crossrec.recommend import recommend
+from crossrec.recommend import recommend_many
 from crossrec.registry import RegistryError
 from crossrec.settings import Settings
+from crossrec.streaming.catalog import model_encoder_version, stream_items
 
 log = logging.getLogger(__name__)
 
@@ -16,29 +21,44 @@ log = logging.getLogger(__name__)
 class ModelScorer:
     """Implements the consumer's ``Scorer`` over a loaded ``Recommender``."""
 
-    def __init__(self, recommender: Recommender, encoder_name: str) -> None:
+    def __init__(self, recommender: Recommender, settings: Settings) -> None:
         self.recommender = recommender
         self.version = recommender.version
-        self.encoder_name = encoder_name
+        self.settings = settings
+        self.encoder_name: str = recommender.config.get("encoder", settings.encoder)
 
-    def recommend(self, history: list[HistoryEvent], k: int) -> list[RecItem]:
-        return recommend(self.recommender, [(h.domain, h.item_id) for h in history], k)
+    @cached_property
+    def encoder_version(self) -> str:
+        """Key of the stored item vectors (the weights digest is read once, not per item)."""
+        return model_encoder_version(self.settings, self.recommender)
 
-    def add_item(self, domain: str, item_id: str, text: str) -> None:
-        """Embed the new item's text and make it scorable now (its f_i comes from text alone)."""
+    def covers(self, domain: str) -> bool:
+        return domain in (self.recommender.source_domain, self.recommender.target_domain)
+
+    def recommend_many(self, histories: Mapping[str, Sequence[HistoryEvent]], k: int) -> dict[str, list[RecItem]]:
+        """Every user of a batch in one matmul over the target catalogue (chunks of 512 users)."""
+        return recommend_many(self.recommender, {u: [(h.domain, h.item_id) for h in hs] for u, hs in histories.items()}, k)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Text embeddings of new items, one encoder call for the batch (model independent)."""
         from crossrec.encoders.registry import get_encoder
 
-        if domain not in (self.recommender.source_domain, self.recommender.target_domain):
-            return  # a domain this model does not cover: nothing to score it with
-        vector = get_encoder(self.encoder_name, threads=None).encode([text])[0]
+        vectors = np.asarray(get_encoder(self.encoder_name, threads=None).encode(list(texts)), dtype=np.float32)
+        if vectors.shape[0] != len(texts) or not np.isfinite(vectors).all():
+            raise ValueError("the encoder returned no finite vector for some text")
+        return vectors
+
+    def add_item(self, domain: str, item_id: str, vector: np.ndarray) -> None:
+        """Make an item scorable now (its f_i comes from its text embedding alone)."""
         self.recommender.add_item(domain, item_id, vector)
 
 
 def load_scorer(settings: Settings) -> ModelScorer | None:
-    """The current model's scorer, or None while no model has been promoted yet."""
+    """The current model's scorer with every streamed item added, or None before any promotion."""
     try:
         recommender = load_current(settings)
     except RegistryError as exc:
         log.warning("no model to score with yet (%s); lists fall back to popular items", exc)
         return None
-    return ModelScorer(recommender, recommender.config.get("encoder", settings.encoder))
+    stream_items(settings, recommender)
+    return ModelScorer(recommender, settings)

@@ -1,0 +1,92 @@
+"""Exactly-once history appends with bounded dedupe state, many events per round trip.
+
+Each event goes through one Lua script (atomic on the server) that looks its ``event_id`` up in
+the user's dedupe ZSET ``{p}:dedupe:{{user}}``; a new id is added there (scored by the event
+time) and the entry is pushed to the capped history. The ZSET keeps only the user's
+``dedupe_window`` most recent ids, so the dedupe state is bounded per user instead of one key per
+event for days. Both keys carry the user id as a hash tag: in Redis Cluster they share a slot, as
+one script's keys must.
+
+The window: a re-delivered or replayed event is recognised while its id is among the user's
+``dedupe_window`` newest applied ids (by event time). An event *older* than every id of a full
+window cannot be told apart from a duplicate; it is not applied but reported as
+``outside_dedupe_window`` (the consumer dead-letters it), never silently dropped. Kafka
+re-delivers at most one uncommitted batch (``max_poll_records`` events), so a window at least
+that large per user covers every crash re-delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from crossrec.keys import HistoryEvent, KeySchema
+
+APPLIED, DUPLICATE, OUTSIDE_WINDOW = 1, 0, 2
+
+# KEYS[1] = dedupe zset, KEYS[2] = history list
+# ARGV = event id, event ms, history entry json, history cap, dedupe window
+_APPLY_EVENT_LUA = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 0
+end
+local window = tonumber(ARGV[5])
+if redis.call('ZCARD', KEYS[1]) >= window then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if tonumber(ARGV[2]) < tonumber(oldest[2]) then
+    return 2
+  end
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(window + 1))
+redis.call('LPUSH', KEYS[2], ARGV[3])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[4]) - 1)
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """An event ready to apply: who, which id, when, and the history entry to push."""
+
+    user_id: str
+    event_id: str
+    ts_ms: int
+    entry: HistoryEvent
+
+
+class HistoryApplier:
+    """Applies a batch of events with one pipeline of script calls (one round trip)."""
+
+    def __init__(self, client: redis.Redis, schema: KeySchema, *, history_cap: int, dedupe_window: int) -> None:
+        self.client = client
+        self.schema = schema
+        self.history_cap = history_cap
+        self.dedupe_window = dedupe_window
+        self._script = client.register_script(_APPLY_EVENT_LUA)
+
+    def apply(self, events: Sequence[PendingEvent]) -> list[int]:
+        """One outcome per event, in order: ``APPLIED``, ``DUPLICATE`` or ``OUTSIDE_WINDOW``.
+
+        Redis runs a pipeline's commands in order, so two events of one user in a batch are
+        pushed in the order they were polled, as with one call per event.
+        """
+        if not events:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for ev in events:
+            self._script(
+                keys=[self.schema.dedupe(ev.user_id), self.schema.history(ev.user_id)],
+                args=[ev.event_id, ev.ts_ms, ev.entry.to_json(), self.history_cap, self.dedupe_window],
+                client=pipe,
+            )
+        return [int(r) for r in pipe.execute()]
+
+    def read_histories(self, users: Sequence[str]) -> list[list[bytes]]:
+        """Raw newest-first history entries of each user, one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for user in users:
+            pipe.lrange(self.schema.history(user), 0, -1)
+        return pipe.execute()
