@@ -20,6 +20,7 @@ from crossrec.keys import HistoryEvent, KeySchema
 from crossrec.publish import ItemDisplay, RecWriter, make_rec_list
 from crossrec.recommend import recommend_many
 from crossrec.settings import Settings
+from crossrec.streaming.catalog import stream_items
 
 POPULAR_N = 100
 USER_BATCH = 1024
@@ -59,6 +60,7 @@ def popular_lists(events: pd.DataFrame, n: int = POPULAR_N) -> dict[str, tuple[l
 
 def publish(settings: Settings, clean_dir: Path, recommender: Recommender | None = None) -> PublishSummary:
     recommender = recommender or load_current(settings)
+    stream_items(settings, recommender)  # items the stream added since the model's catalogue was built
     events = read_events(clean_dir)
     writer = RecWriter.from_settings(settings)
     try:
