@@ -8,117 +8,23 @@ model's scoring is tested in the adaptation tests and end to end in test_streami
 from __future__ import annotations
 
 import json
-import uuid
-import zlib
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from crossrec.keys import HistoryEvent, KeySchema, RecItem, RecList
+from streaming_support import CatalogueScorer, catalogue_settings, make_event, produce, read_history, read_recs
+
+from crossrec.keys import KeySchema
 from crossrec.settings import Settings
 from crossrec.streaming.consumer import RecsConsumer
 
 pytestmark = pytest.mark.integration
 
 
-class CatalogueScorer:
-    """Recommends the target-domain catalogue items the user has not touched, newest added first.
-
-    ``embed`` gives a deterministic 4-d vector per text and refuses texts containing
-    "UNEMBEDDABLE" (what a real encoder does with input it cannot handle is raise).
-    """
-
-    encoder_version = "test-encoder"
-
-    def __init__(self, version: str, items: list[str]) -> None:
-        self.version = version
-        self.items = list(items)
-        self.embedded: list[str] = []
-        self.added: list[tuple[str, str, list[float]]] = []
-
-    def covers(self, domain: str) -> bool:
-        return domain in ("art", "office")
-
-    def recommend_many(self, histories: Mapping[str, Sequence[HistoryEvent]], k: int) -> dict[str, list[RecItem]]:
-        out = {}
-        for user, history in histories.items():
-            seen = {h.item_id for h in history}
-            ranked = [i for i in reversed(self.items) if i not in seen][:k]
-            because = history[-1].item_id if history else None
-            out[user] = [RecItem(i, 1.0 / (n + 1), because) for n, i in enumerate(ranked)]
-        return out
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        if any("UNEMBEDDABLE" in t for t in texts):
-            raise ValueError("cannot embed this text")
-        self.embedded += list(texts)
-        return np.asarray([[zlib.crc32(t.encode()) % 97, len(t), 1.0, 0.5] for t in texts], dtype=np.float32)
-
-    def add_item(self, domain: str, item_id: str, vector: np.ndarray) -> None:
-        self.added.append((domain, item_id, [float(x) for x in vector]))
-        if domain == "office" and item_id not in self.items:
-            self.items.append(item_id)
-
-
-def _isolated(settings: Settings) -> Settings:
-    """Fresh topics and group per test so tests never read each other's messages."""
-    tag = uuid.uuid4().hex[:8]
-    kafka = settings.kafka.model_copy(
-        update={
-            "events_topic": f"events-{tag}",
-            "items_topic": f"items-{tag}",
-            "dead_letter_topic": f"dlq-{tag}",
-            "consumer_group": f"group-{tag}",
-        }
-    )
-    from crossrec.services import ensure_topics
-
-    isolated = settings.model_copy(update={"kafka": kafka, "top_k": 3})
-    ensure_topics(isolated)
-    return isolated
-
-
-def _event(user: str, domain: str, item: str, ts_ms: int, event_id: str | None = None) -> dict:
-    event = {"user_id": user, "domain": domain, "item_id": item, "event_type": "purchase", "ts": ts_ms, "schema_version": 1}
-    if event_id:
-        event["event_id"] = event_id
-    return event
-
-
-def _produce(settings: Settings, topic: str, values: list[object]) -> None:
-    producer = KafkaProducer(**settings.kafka.client_kwargs())
-    for value in values:
-        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-        producer.send(topic, key=b"k", value=raw)
-    producer.flush()
-    producer.close()
-
-
-def _history(redis_client, settings: Settings, user: str) -> list[HistoryEvent]:
-    raw = redis_client.lrange(KeySchema(settings.key_prefix).history(user), 0, -1)
-    return [HistoryEvent.from_json(r) for r in raw]
-
-
-def _recs(redis_client, settings: Settings, user: str) -> RecList | None:
-    raw = redis_client.get(KeySchema(settings.key_prefix).recs(settings.target_domain, user))
-    return RecList.from_json(raw) if raw else None
-
-
-CATALOGUE = [("art", f"a{i}") for i in range(10)] + [("office", f"o{i}") for i in range(10)]
-
-
 @pytest.fixture()
 def settings(services_settings: Settings, redis_client) -> Settings:
-    """Isolated topics, a current model pointer, and the catalogue's display hashes (an event on
-    an item without one is refused as unknown)."""
-    settings = _isolated(services_settings)
-    schema = KeySchema(settings.key_prefix)
-    redis_client.set(schema.current_model(), "m1")
-    for domain, item_id in CATALOGUE:
-        redis_client.hset(schema.item(domain, item_id), mapping={"title": f"{domain} {item_id}"})
-    return settings
+    return catalogue_settings(services_settings, redis_client)
 
 
 def _consumer(settings: Settings, scorer: CatalogueScorer | None) -> RecsConsumer:
@@ -127,10 +33,10 @@ def _consumer(settings: Settings, scorer: CatalogueScorer | None) -> RecsConsume
 
 def test_events_become_history_and_fresh_lists(settings: Settings, redis_client) -> None:
     scorer = CatalogueScorer("m1", ["o1", "o2", "o3", "o4"])
-    _produce(settings, settings.kafka.events_topic, [
-        _event("u1", "art", "a1", 1_600_000_000_000),
-        _event("u1", "office", "o4", 1_600_000_001_000),
-        _event("u2", "office", "o1", 1_600_000_002_000),
+    produce(settings, settings.kafka.events_topic, [
+        make_event("u1", "art", "a1", 1_600_000_000_000),
+        make_event("u1", "office", "o4", 1_600_000_001_000),
+        make_event("u2", "office", "o1", 1_600_000_002_000),
     ])
     consumer = _consumer(settings, scorer)
     try:
@@ -138,20 +44,20 @@ def test_events_become_history_and_fresh_lists(settings: Settings, redis_client)
     finally:
         consumer.close()
     assert stats.applied == 3 and stats.commits >= 1 and not stats.dead_lettered
-    assert [h.item_id for h in _history(redis_client, settings, "u1")] == ["o4", "a1"]  # newest first
-    recs = _recs(redis_client, settings, "u1")
+    assert [h.item_id for h in read_history(redis_client, settings, "u1")] == ["o4", "a1"]  # newest first
+    recs = read_recs(redis_client, settings, "u1")
     assert recs is not None and recs.source == "stream" and recs.model_version == "m1"
     assert [r.item_id for r in recs.items] == ["o3", "o2", "o1"]  # o4 is in the history: excluded
     assert recs.items[0].because == "o4"
 
 
 def test_bad_messages_go_to_the_dead_letter_topic_with_reasons(settings: Settings, redis_client) -> None:
-    good = _event("u1", "office", "o1", 1_600_000_000_000)
-    _produce(settings, settings.kafka.events_topic, [
+    good = make_event("u1", "office", "o1", 1_600_000_000_000)
+    produce(settings, settings.kafka.events_topic, [
         b"{not json",
         {"user_id": "u1", "domain": "office", "item_id": "o2", "ts": 1_600_000_000_000},  # no event_type
-        _event("u1", "garden", "g1", 1_600_000_000_000),
-        {**_event("u1", "office", "o3", 0), "ts": "yesterday"},
+        make_event("u1", "garden", "g1", 1_600_000_000_000),
+        {**make_event("u1", "office", "o3", 0), "ts": "yesterday"},
         {**good, "schema_version": 99},
         good,
     ])
@@ -179,8 +85,8 @@ def test_bad_messages_go_to_the_dead_letter_topic_with_reasons(settings: Setting
 
 
 def test_crash_before_commit_loses_nothing_and_duplicates_nothing(settings: Settings, redis_client) -> None:
-    events = [_event("u1", "office", f"o{i}", 1_600_000_000_000 + i, event_id=f"e{i}") for i in range(6)]
-    _produce(settings, settings.kafka.events_topic, events)
+    events = [make_event("u1", "office", f"o{i}", 1_600_000_000_000 + i, event_id=f"e{i}") for i in range(6)]
+    produce(settings, settings.kafka.events_topic, events)
     scorer = CatalogueScorer("m1", [f"o{i}" for i in range(10)])
 
     crashed = _consumer(settings, scorer)
@@ -200,7 +106,7 @@ def test_crash_before_commit_loses_nothing_and_duplicates_nothing(settings: Sett
     finally:
         restarted.close()
     assert stats.consumed == 6 and stats.duplicates == 6 and stats.applied == 0  # re-delivered, skipped
-    items = [h.item_id for h in _history(redis_client, settings, "u1")]
+    items = [h.item_id for h in read_history(redis_client, settings, "u1")]
     assert sorted(items) == sorted(f"o{i}" for i in range(6)) and len(items) == 6
 
     again = _consumer(settings, scorer)  # offsets now committed: nothing comes back
@@ -212,11 +118,11 @@ def test_crash_before_commit_loses_nothing_and_duplicates_nothing(settings: Sett
 
 def test_catalogue_update_makes_a_new_item_recommendable(settings: Settings, redis_client) -> None:
     scorer = CatalogueScorer("m1", ["o1"])
-    _produce(settings, settings.kafka.items_topic, [
+    produce(settings, settings.kafka.items_topic, [
         {"domain": "office", "item_id": "o-new", "title": "  Stapler &amp; Staples ", "brand": "acme"},
         {"domain": "office", "item_id": "o-bad"},  # no title
     ])
-    _produce(settings, settings.kafka.events_topic, [_event("u9", "office", "o1", 1_700_000_000_000)])
+    produce(settings, settings.kafka.events_topic, [make_event("u9", "office", "o1", 1_700_000_000_000)])
     consumer = _consumer(settings, scorer)
     try:
         stats = consumer.run(max_events=3, max_seconds=30)
@@ -229,20 +135,20 @@ def test_catalogue_update_makes_a_new_item_recommendable(settings: Settings, red
     assert redis_client.hget(schema.item("office", "o-new"), "title") == b"Stapler & Staples"
     stored = redis_client.hget(schema.item_vectors("test-encoder"), "office\x1fo-new")
     assert np.frombuffer(stored, "<f4").tolist() == scorer.added[0][2]  # the text vector is durable
-    recs = _recs(redis_client, settings, "u9")
+    recs = read_recs(redis_client, settings, "u9")
     assert recs is not None and recs.items[0].item_id == "o-new"
 
 
 def test_no_model_yet_keeps_history_and_writes_no_list(settings: Settings, redis_client) -> None:
-    _produce(settings, settings.kafka.events_topic, [_event("u5", "office", "o1", 1_700_000_000_000)])
+    produce(settings, settings.kafka.events_topic, [make_event("u5", "office", "o1", 1_700_000_000_000)])
     consumer = _consumer(settings, None)
     try:
         stats = consumer.run(max_events=1, max_seconds=30)
     finally:
         consumer.close()
     assert stats.applied == 1 and stats.lists_written == 0
-    assert _recs(redis_client, settings, "u5") is None  # readers use the popular fallback
-    assert len(_history(redis_client, settings, "u5")) == 1
+    assert read_recs(redis_client, settings, "u5") is None  # readers use the popular fallback
+    assert len(read_history(redis_client, settings, "u5")) == 1
 
 
 def test_model_pointer_change_reloads_the_scorer(settings: Settings, redis_client) -> None:
@@ -255,10 +161,10 @@ def test_model_pointer_change_reloads_the_scorer(settings: Settings, redis_clien
         consumer.run(max_seconds=1)
         assert consumer.scorer is scorers["m1"]
         redis_client.set(pointer, "m2")
-        _produce(settings, settings.kafka.events_topic, [_event("u7", "office", "o1", 1_700_000_000_000)])
+        produce(settings, settings.kafka.events_topic, [make_event("u7", "office", "o1", 1_700_000_000_000)])
         consumer.run(max_events=1, max_seconds=30)
     finally:
         consumer.close()
     assert consumer.scorer is scorers["m2"] and consumer.stats.model_reloads == 2
-    recs = _recs(redis_client, settings, "u7")
+    recs = read_recs(redis_client, settings, "u7")
     assert recs is not None and recs.model_version == "m2"
