@@ -5,9 +5,14 @@ Redis: the tests using it are about delivery semantics)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 import uuid
 import zlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from kafka import KafkaProducer
@@ -111,3 +116,108 @@ def catalogue_settings(services_settings: Settings, redis_client) -> Settings:
     for domain, item_id in CATALOGUE:
         redis_client.hset(schema.item(domain, item_id), mapping={"title": f"{domain} {item_id}"})
     return settings
+
+
+# -- real `crossrec stream` processes ------------------------------------------------------------
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def stream_env(settings: Settings, **streaming: object) -> dict[str, str]:
+    """The environment that makes a `crossrec stream` process use exactly ``settings``."""
+    kafka = settings.kafka
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSREC_")}
+    env.update({
+        "PYTHONPATH": str(REPO_ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "CROSSREC_CONFIG": str(REPO_ROOT / "tests" / "data" / "empty.yaml"),
+        "CROSSREC_WORK_DIR": str(settings.work_dir),
+        "CROSSREC_TOP_K": str(settings.top_k),
+        "CROSSREC_REDIS__URL": settings.redis.url,
+        "CROSSREC_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "CROSSREC_KAFKA__EVENTS_TOPIC": kafka.events_topic,
+        "CROSSREC_KAFKA__ITEMS_TOPIC": kafka.items_topic,
+        "CROSSREC_KAFKA__DEAD_LETTER_TOPIC": kafka.dead_letter_topic,
+        "CROSSREC_KAFKA__CONSUMER_GROUP": kafka.consumer_group,
+        "CROSSREC_STREAMING__METRICS_PORT": "0",
+    })
+    env.update({f"CROSSREC_STREAMING__{k.upper()}": str(v) for k, v in streaming.items()})
+    return env
+
+
+def spawn_stream(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
+    """A real consumer process (its own session, so a test can signal it alone)."""
+    handle = open(log, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+    return subprocess.Popen(
+        [sys.executable, "-m", "crossrec.cli", "stream", *args],
+        env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
+    )
+
+
+def committed_total(settings: Settings) -> tuple[int, int]:
+    """(committed, end) summed over the events topic's partitions, as the broker stores them."""
+    from crossrec.streaming.lag import group_lag
+
+    rows = group_lag(settings, [settings.kafka.events_topic])
+    return sum(r.committed or 0 for r in rows), sum(r.end for r in rows)
+
+
+def wait_for(condition, timeout_s: float, what: str, step_s: float = 0.1):
+    """Poll ``condition`` until it returns a truthy value; fail the test with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def produce_user_events(settings: Settings, users: list[str], per_user: int, items: list[tuple[str, str]], ts0: int) -> dict[str, list[int]]:
+    """``per_user`` valid events for each user (keyed by user); returns user -> the events' ts_ms.
+
+    Every event has a distinct timestamp, so a history can be checked entry by entry: each
+    produced event must be there exactly once.
+    """
+    producer = KafkaProducer(**settings.kafka.client_kwargs(), linger_ms=5)
+    sent: dict[str, list[int]] = {}
+    n = 0
+    for round_ in range(per_user):
+        for user in users:
+            domain, item = items[(n * 7 + round_) % len(items)]
+            ts = ts0 + n
+            producer.send(settings.kafka.events_topic, key=user.encode(),
+                          value=json.dumps(make_event(user, domain, item, ts, event_id=f"{user}-{ts}")).encode())
+            sent.setdefault(user, []).append(ts)
+            n += 1
+    producer.flush()
+    producer.close()
+    return sent
+
+
+def histories_ts(redis_client, settings: Settings, users: list[str]) -> dict[str, list[int]]:
+    """user -> sorted ts_ms of every history entry (duplicates kept, so they show)."""
+    schema = KeySchema(settings.key_prefix)
+    pipe = redis_client.pipeline(transaction=False)
+    for user in users:
+        pipe.lrange(schema.history(user), 0, -1)
+    return {u: sorted(round(HistoryEvent.from_json(e).ts * 1000) for e in raw) for u, raw in zip(users, pipe.execute())}
+
+
+def train_small_model(work: Path, *, dim: int = 16, **model: object) -> Path:
+    """A work dir with synthetic clean data, embeddings of ``dim`` and one promoted model."""
+    from crossrec.adaptation.model import ModelConfig
+    from crossrec.adaptation.pipeline import AdaptOptions, run_adapt
+    from crossrec.adaptation.synthetic import write_synthetic
+    from crossrec.adaptation.trainer import TrainConfig
+
+    work = write_synthetic(work, n_users=30, n_items=20, dim=dim)
+    run_adapt(
+        AdaptOptions(
+            input_dir=work, output_dir=work / "adapt", strategies=["pretrain_finetune_all"], seeds=[0],
+            fractions=[], split_path=work / "users_split.json", registry_dir=work / "registry",
+            model=ModelConfig(dim=16, max_len=12, **model), train=TrainConfig(max_epochs=1, pretrain_epochs=1, patience=1),  # type: ignore[arg-type]
+        ),
+        say=lambda _: None,
+    )
+    return work

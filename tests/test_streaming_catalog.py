@@ -10,11 +10,8 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
+from streaming_support import train_small_model
 
-from crossrec.adaptation.model import ModelConfig
-from crossrec.adaptation.pipeline import AdaptOptions, run_adapt
-from crossrec.adaptation.synthetic import write_synthetic
-from crossrec.adaptation.trainer import TrainConfig
 from crossrec.batch_publish import publish
 from crossrec.keys import KeySchema, RecList
 from crossrec.services import ensure_topics
@@ -31,17 +28,7 @@ NEW_ITEM = {"domain": "office", "item_id": "office-new", "title": "Heavy duty de
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A promoted model over 384-d item embeddings: the size MiniLM gives a streamed item's text."""
-    work = write_synthetic(tmp_path_factory.mktemp("catalog") / "work", n_users=30, n_items=20, dim=384)
-    run_adapt(
-        AdaptOptions(
-            input_dir=work, output_dir=work / "adapt", strategies=["pretrain_finetune_all"], seeds=[0],
-            fractions=[], split_path=work / "users_split.json", registry_dir=work / "registry",
-            model=ModelConfig(dim=16, max_len=12, item_tower="text"),
-            train=TrainConfig(max_epochs=1, pretrain_epochs=1, patience=1),
-        ),
-        say=lambda _: None,
-    )
-    return work
+    return train_small_model(tmp_path_factory.mktemp("catalog") / "work", dim=384, item_tower="text")
 
 
 @pytest.fixture()

@@ -233,6 +233,8 @@ class RecsConsumer:
             batch = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
             records = [rec for recs in batch.values() for rec in recs]
             now = time.monotonic()
+            if not records and not self.consumer.assignment():
+                last_message = now  # idle time counts only once the group gave us partitions
             if records:
                 poll_s = time.perf_counter() - poll_started
                 if self._retrying(lambda: self._handle(records, poll_s)):
@@ -556,8 +558,10 @@ class RecsConsumer:
         try:
             assigned = list(self.consumer.assignment())
             if assigned:
-                ends = self.consumer.end_offsets(assigned, timeout_ms=2000)
-                for tp, end in ends.items():
+                ends = self.consumer.end_offsets(assigned, timeout_ms=2000)  # the broker round trip
+                for tp, listed in ends.items():
+                    # The last fetch's high watermark is exact; Tansu's ListOffsets can fall short.
+                    end = self.consumer.highwater(tp) or listed
                     position = self._next_offsets.get(tp)
                     if position is None:
                         position = self.consumer.position(tp, timeout_ms=1000)
