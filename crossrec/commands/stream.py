@@ -28,6 +28,7 @@ def stream(
     heartbeat_file: Path = typer.Option(None, help="Touched while healthy (default: streaming.heartbeat_file)."),
     stats_file: Path = typer.Option(None, help="Also write the final counters here as JSON."),
     metrics_port: int = typer.Option(None, help="Prometheus /metrics port (default: streaming.metrics_port; 0 = off)."),
+    freshness_file: Path = typer.Option(None, help="At exit, write each event's (list write unix ms, produce-to-list ms) here (JSON)."),
 ) -> None:
     """Consume events and catalogue updates; write fresh top-K lists to Redis; commit after writing.
 
@@ -52,6 +53,8 @@ def stream(
         consumer.close()
     if stats_file is not None:
         stats_file.write_text(json.dumps(stats.as_dict()))
+    if freshness_file is not None:
+        freshness_file.write_text(json.dumps(list(stats.freshness)))
     console.print_json(data=stats.as_dict())
 
 

@@ -92,14 +92,15 @@ class ConsumerStats:
     dependency_errors: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
     stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-    freshness_ms: deque[float] = field(default_factory=lambda: deque(maxlen=FRESHNESS_SAMPLES))
+    # (list written at, unix ms; produce-to-list latency, ms) of the newest events
+    freshness: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=FRESHNESS_SAMPLES))
 
     def as_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "freshness_ms"}
+        data = {k: v for k, v in self.__dict__.items() if k != "freshness"}
         data["dead_lettered"] = dict(self.dead_lettered)
         data["stage_s"] = dict(self.stage_s)
-        if self.freshness_ms:
-            fresh = np.asarray(self.freshness_ms)
+        if self.freshness:
+            fresh = np.asarray([latency for _, latency in self.freshness])
             data["freshness_ms"] = {
                 "n": int(fresh.size),
                 "p50": float(np.percentile(fresh, 50)),
@@ -119,7 +120,7 @@ class _Batch:
     lists_written: int = 0
     dead: list[tuple[Any, str, str]] = field(default_factory=list)  # (record, reason, detail)
     stage_s: dict[str, float] = field(default_factory=dict)
-    freshness_ms: list[float] = field(default_factory=list)
+    freshness: list[tuple[float, float]] = field(default_factory=list)
     corrupt: dict[str, list[bytes]] = field(default_factory=dict)  # user -> unreadable history entries
 
 
@@ -440,7 +441,7 @@ class RecsConsumer:
         out.lists_written += len(lists)
         written_ms = time.time() * 1000.0
         for user in lists:
-            out.freshness_ms.extend(written_ms - record.timestamp for record in touched[user])
+            out.freshness.extend((written_ms, written_ms - record.timestamp) for record in touched[user])
 
     # -- dead letters, commits, stats -------------------------------------------------------
     def _dead_letter(self, out: _Batch, record: Any, reason: str, detail: str = "") -> None:
@@ -489,8 +490,8 @@ class RecsConsumer:
             s.stage_s[stage] = s.stage_s.get(stage, 0.0) + seconds
             m.stage_seconds.labels(stage).observe(seconds)
         m.batch_seconds.observe(batch_s)
-        s.freshness_ms.extend(out.freshness_ms)
-        for ms in out.freshness_ms:
+        s.freshness.extend(out.freshness)
+        for _, ms in out.freshness:
             m.freshness_seconds.observe(max(ms, 0.0) / 1000.0)
         self._set_healthy(True)
 

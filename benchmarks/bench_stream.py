@@ -1,0 +1,384 @@
+"""The real-time path under load: throughput, freshness and where a batch's time goes.
+
+    python benchmarks/bench_stream.py [--quick] [--work DIR] [--redis-port P] [--kafka-port P]
+
+What it does, against a Redis and a broker it starts itself (``crossrec.services``, in
+``--work``/run on the given ports), with real ``crossrec stream`` processes:
+
+1. the model: the registry's current model of ``settings.work_dir`` if there is one ("the real
+   current model"); otherwise it builds a realistic one once (cached in ``--work``): synthetic
+   384-d item embeddings for the real catalogue's size (19,757 Office and 18,639 Art items, as
+   in the shared data set), the default model (GRU, dim 64, max_len 50), one training epoch;
+   the table's title says which. Every item gets a catalogue hash, and every benchmark user a
+   seeded history of 20 events, so a batch scores users with realistic history lengths against
+   the full target catalogue;
+2. the baseline: a bare kafka-python consumer (same group settings, 500 records per poll) reading
+   the same number of messages from the same broker, in this process;
+3. max sustained rate: a backlog produced as fast as possible into fresh topics (2 partitions)
+   while one consumer process (then two in one group) runs; rate from the first commit to the
+   last, from the group's committed offsets;
+4. freshness: events produced open loop (each at its due time, whatever the consumer does) at
+   500 events/s and at 80 % of the one-consumer maximum, one fresh consumer process each;
+   freshness is list write time minus the Kafka record timestamp, per event;
+5. the split of a batch into poll / validate / apply / score / write / commit, from the
+   one-consumer run's counters.
+
+Run timings on a quiet machine: ``flock /tmp/crossrec-timing.lock python benchmarks/bench_stream.py``.
+The title prints the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from crossrec.settings import Settings  # noqa: E402
+
+REAL_ITEMS = {"office": 19_757, "art": 18_639}  # the shared data set's catalogue
+SEEDED_HISTORY = 20
+console = Console()
+
+
+# -- setup ----------------------------------------------------------------------------------------
+def build_model(work: Path, quick: bool) -> Path:
+    """A realistic model in ``work`` (cached): the real catalogue's size, default architecture."""
+    from crossrec.adaptation.model import ModelConfig
+    from crossrec.adaptation.pipeline import AdaptOptions, run_adapt
+    from crossrec.adaptation.synthetic import write_synthetic
+    from crossrec.adaptation.trainer import TrainConfig
+    from crossrec.registry import registry_for
+
+    if registry_for(work).current() is not None:
+        return work
+    with console.status("building a realistic model (synthetic 384-d embeddings, real catalogue size)"):
+        write_synthetic(work, n_users=400, n_items=REAL_ITEMS["office"], dim=384, n_topics=50)
+        run_adapt(
+            AdaptOptions(
+                input_dir=work, output_dir=work / "adapt", strategies=["pretrain_finetune_all"], seeds=[0],
+                fractions=[], split_path=work / "users_split.json", registry_dir=work / "registry",
+                model=ModelConfig(), train=TrainConfig(max_epochs=1, pretrain_epochs=1, patience=1),
+            ),
+            say=lambda _: None,
+        )
+    return work
+
+
+def pick_model(work: Path, quick: bool) -> tuple[Path, str]:
+    from crossrec.registry import registry_for
+
+    real = Settings().work_dir
+    if registry_for(real).current() is not None:
+        return real, f"the current model of {real}"
+    return build_model(work / "model", quick), "a realistic model built for the benchmark (no model in var/)"
+
+
+def prepare_redis(settings: Settings, users: list[str], rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
+    """Catalogue hashes for every item the model knows, seeded histories, the model pointer."""
+    from crossrec.adaptation.inference import load_current
+    from crossrec.keys import HistoryEvent
+    from crossrec.publish import ItemDisplay, RecWriter
+
+    recommender = load_current(settings)
+    keys = [k for k in recommender._keys[1:]]  # row 0 is padding
+    writer = RecWriter.from_settings(settings)
+    try:
+        writer.client.flushdb()
+        writer.write_items(ItemDisplay(d, i, f"{d} {i}") for d, i in keys)
+        writer.push_many_histories(
+            (u, [HistoryEvent(*rng.choice(keys), "purchase", 1.6e9 + n) for n in range(SEEDED_HISTORY)]) for u in users
+        )
+        writer.set_current_model(recommender.version)
+    finally:
+        writer.close()
+    return recommender.version, keys
+
+
+def fresh_topics(base: Settings, name: str) -> Settings:
+    from crossrec.services import ensure_topics
+
+    tag = f"{name}-{uuid.uuid4().hex[:6]}"
+    kafka = base.kafka.model_copy(update={
+        "events_topic": f"ev-{tag}", "items_topic": f"it-{tag}", "dead_letter_topic": f"dlq-{tag}",
+        "consumer_group": f"g-{tag}",
+    })
+    settings = base.model_copy(update={"kafka": kafka})
+    ensure_topics(settings)
+    return settings
+
+
+def payloads(users: list[str], keys: list[tuple[str, str]], n: int, rng: random.Random) -> list[tuple[bytes, bytes]]:
+    out = []
+    for k in range(n):
+        user = rng.choice(users)
+        domain, item = rng.choice(keys)
+        event = {"event_id": f"b{k}-{uuid.uuid4().hex[:8]}", "user_id": user, "domain": domain, "item_id": item,
+                 "event_type": "click", "ts": 1_800_000_000_000 + k, "schema_version": 1}
+        out.append((user.encode(), json.dumps(event, separators=(",", ":")).encode()))
+    return out
+
+
+# -- processes ------------------------------------------------------------------------------------
+def stream_env(settings: Settings) -> dict[str, str]:
+    kafka = settings.kafka
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSREC_")}
+    env.update({
+        "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        "CROSSREC_WORK_DIR": str(settings.work_dir), "CROSSREC_REDIS__URL": settings.redis.url,
+        "CROSSREC_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "CROSSREC_KAFKA__EVENTS_TOPIC": kafka.events_topic,
+        "CROSSREC_KAFKA__ITEMS_TOPIC": kafka.items_topic, "CROSSREC_KAFKA__DEAD_LETTER_TOPIC": kafka.dead_letter_topic,
+        "CROSSREC_KAFKA__CONSUMER_GROUP": kafka.consumer_group,
+    })
+    return env
+
+
+class Consumers:
+    """``n`` `crossrec stream` processes of one group, each with a metrics port and a stats file."""
+
+    def __init__(self, settings: Settings, n: int, out: Path, metrics_port0: int) -> None:
+        self.out = out
+        self.ports = [metrics_port0 + i for i in range(n)]
+        self.procs = []
+        for i, port in enumerate(self.ports):
+            log = open(out / f"consumer-{i}.log", "ab")  # noqa: SIM115
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "crossrec.cli", "stream", "--metrics-port", str(port),
+                 "--heartbeat-file", str(out / f"alive-{i}"), "--stats-file", str(out / f"stats-{i}.json"),
+                 "--freshness-file", str(out / f"fresh-{i}.json")],
+                env=stream_env(settings), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
+            ))
+
+    def wait_assigned(self, timeout_s: float = 120) -> None:
+        """Until every member reports a lag series for some partition (it has an assignment)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all("crossrec_stream_lag{" in scrape(port) for port in self.ports):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"consumers not assigned within {timeout_s}s; see {self.out}")
+
+    def stop(self) -> list[dict]:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            proc.wait(timeout=60)
+        return [json.loads((self.out / f"stats-{i}.json").read_text()) for i in range(len(self.procs))]
+
+    def freshness(self, since_ms: float) -> np.ndarray:
+        samples = []
+        for i in range(len(self.procs)):
+            samples += [lat for at, lat in json.loads((self.out / f"fresh-{i}.json").read_text()) if at >= since_ms]
+        return np.asarray(samples)
+
+
+def scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            return resp.read().decode()
+    except OSError:
+        return ""
+
+
+def committed(settings: Settings) -> int:
+    from crossrec.streaming.lag import group_lag
+
+    return sum(r.committed or 0 for r in group_lag(settings, [settings.kafka.events_topic]))
+
+
+def produce(settings: Settings, messages: list[tuple[bytes, bytes]], rate: float | None) -> float:
+    """Send ``messages`` (open loop at ``rate``/s, or as fast as possible); returns seconds taken."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(**settings.kafka.client_kwargs(), linger_ms=0 if rate else 5, acks=1)
+    topic = settings.kafka.events_topic
+    started = time.perf_counter()
+    for n, (key, value) in enumerate(messages):
+        if rate:
+            due = started + n / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    took = time.perf_counter() - started
+    producer.close()
+    return took
+
+
+def wait_committed(settings: Settings, total: int, timeout_s: float) -> tuple[float, float, int]:
+    """(time of the first observed commit, time all were committed, committed at the first)."""
+    deadline = time.monotonic() + timeout_s
+    first_t, first_n = None, 0
+    while time.monotonic() < deadline:
+        n = committed(settings)
+        now = time.perf_counter()
+        if n and first_t is None:
+            first_t, first_n = now, n
+        if n >= total:
+            return first_t or now, now, first_n
+        time.sleep(0.2)
+    raise RuntimeError(f"only {committed(settings)}/{total} committed within {timeout_s}s")
+
+
+# -- measurements ---------------------------------------------------------------------------------
+def bare_consume(settings: Settings, messages: list[tuple[bytes, bytes]]) -> float:
+    """kafka-python alone: the same group settings and poll size, nothing done per message."""
+    from kafka import KafkaConsumer
+
+    produce(settings, messages, None)
+    cfg = settings.streaming
+    consumer = KafkaConsumer(
+        settings.kafka.events_topic, **settings.kafka.client_kwargs(), group_id=settings.kafka.consumer_group,
+        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=cfg.max_poll_records,
+        fetch_max_wait_ms=cfg.fetch_max_wait_ms, session_timeout_ms=cfg.session_timeout_ms,
+        heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+    )
+    seen, started = 0, None
+    while seen < len(messages):
+        batch = consumer.poll(timeout_ms=500)
+        got = sum(len(v) for v in batch.values())
+        if got and started is None:
+            started = time.perf_counter()
+            first = got
+        seen += got
+        if got:
+            consumer.commit()
+    rate = (seen - first) / (time.perf_counter() - started)
+    consumer.close()
+    return rate
+
+
+def max_rate(base: Settings, n_consumers: int, messages: list[tuple[bytes, bytes]], out: Path, port0: int) -> tuple[float, list[dict]]:
+    settings = fresh_topics(base, f"max{n_consumers}")
+    run = out / f"max{n_consumers}"
+    run.mkdir(parents=True, exist_ok=True)
+    group = Consumers(settings, n_consumers, run, port0)
+    try:
+        group.wait_assigned()
+        produce(settings, messages, None)
+        first_t, last_t, first_n = wait_committed(settings, len(messages), 600)
+    finally:
+        stats = group.stop()
+    return (len(messages) - first_n) / max(last_t - first_t, 1e-9), stats
+
+
+def freshness_at(base: Settings, rate: float, seconds: float, users, keys, rng, out: Path, port0: int) -> np.ndarray:
+    settings = fresh_topics(base, f"fresh{int(rate)}")
+    run = out / f"fresh{int(rate)}"
+    run.mkdir(parents=True, exist_ok=True)
+    messages = payloads(users, keys, int(rate * seconds), rng)
+    group = Consumers(settings, 1, run, port0)
+    try:
+        group.wait_assigned()
+        since = time.time() * 1000
+        took = produce(settings, messages, rate)
+        wait_committed(settings, len(messages), 300)
+    finally:
+        group.stop()
+    if took > seconds * 1.1:
+        console.print(f"[yellow]the producer could not keep {rate:.0f}/s: took {took:.1f}s for {seconds:.0f}s of events")
+    return group.freshness(since)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer events, shorter open-loop phases")
+    parser.add_argument("--work", type=Path, default=REPO_ROOT / "var" / "bench_stream")
+    parser.add_argument("--redis-port", type=int, default=16410)
+    parser.add_argument("--kafka-port", type=int, default=16411)
+    parser.add_argument("--metrics-port", type=int, default=16420, help="first of three consecutive ports")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from crossrec.services import services_down, services_up
+
+    n_events = 10_000 if args.quick else 40_000
+    seconds = 8.0 if args.quick else 30.0
+    n_users = 2_000 if args.quick else 8_000
+    load_before = os.getloadavg()
+    rng = random.Random(0)
+    args.work.mkdir(parents=True, exist_ok=True)
+    model_dir, model_note = pick_model(args.work, args.quick)
+    base = Settings(
+        work_dir=model_dir,
+        redis={"url": f"redis://127.0.0.1:{args.redis_port}/0"},
+        kafka={"bootstrap_servers": f"127.0.0.1:{args.kafka_port}", "partitions": 2},
+        services={"run_dir": args.work / "run"},
+    )
+    services_up(base)
+    out = args.work / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True)
+    try:
+        users = [f"bench-{u:05d}" for u in range(n_users)]
+        version, keys = prepare_redis(base, users, rng)
+        n_target = sum(1 for d, _ in keys if d == base.target_domain)
+        messages = payloads(users, keys, n_events, rng)
+
+        with console.status("bare kafka-python consume loop"):
+            bare = bare_consume(fresh_topics(base, "bare"), messages)
+        with console.status("one consumer: max sustained rate"):
+            one, one_stats = max_rate(base, 1, messages, out, args.metrics_port)
+        with console.status("two consumers, one group: max sustained rate"):
+            two, _ = max_rate(base, 2, payloads(users, keys, n_events, rng), out, args.metrics_port + 1)
+        fresh = {}
+        for rate in (500.0, round(0.8 * one)):
+            with console.status(f"freshness at {rate:.0f} events/s, open loop"):
+                fresh[rate] = freshness_at(base, rate, seconds, users, keys, rng, out, args.metrics_port)
+    finally:
+        services_down(base)
+    load_after = os.getloadavg()
+
+    title = (f"crossrec stream: {model_note} ({version}, {n_target:,} target items scored per user); "
+             f"{n_events:,} events; load average {load_before[0]:.2f} before / {load_after[0]:.2f} after")
+    table = Table(title=title)
+    for col in ("measure", "value", "note"):
+        table.add_column(col)
+    table.add_row("bare kafka-python consume loop", f"{bare:,.0f} msg/s", "same broker, same poll size, nothing done")
+    table.add_row("one consumer, max sustained", f"{one:,.0f} events/s", f"{one / bare:.1%} of the bare loop")
+    table.add_row("two consumers (2 partitions), max", f"{two:,.0f} events/s", f"{two / one:.2f}x one consumer")
+    for rate, samples in fresh.items():
+        table.add_row(f"freshness at {rate:,.0f} events/s", f"p50 {np.percentile(samples, 50):.1f} ms, p99 {np.percentile(samples, 99):.1f} ms",
+                      f"{samples.size:,} events, produce -> list write")
+    console.print(table)
+
+    s = one_stats[0]
+    batches = max(s["batches"], 1)
+    split = Table(title=f"one consumer: time per batch ({batches} batches, {s['consumed'] / batches:.0f} events/batch)")
+    for col in ("stage", "ms / batch", "share", "µs / event"):
+        split.add_column(col, justify="right")
+    total_s = sum(s["stage_s"].values())
+    for stage, sec in s["stage_s"].items():
+        split.add_row(stage, f"{1000 * sec / batches:.2f}", f"{sec / total_s:.0%}", f"{1e6 * sec / max(s['consumed'], 1):.0f}")
+    console.print(split)
+
+    targets = Table(title="targets (2 cores)")
+    for col in ("target", "measured", "ok"):
+        targets.add_column(col)
+    p99_500 = float(np.percentile(fresh[500.0], 99))
+    for name, value, ok in (
+        (">= 2,000 events/s per consumer", f"{one:,.0f}", one >= 2000),
+        ("p99 freshness <= 50 ms at 500 events/s", f"{p99_500:.1f} ms", p99_500 <= 50),
+        ("two consumers >= 1.6x one", f"{two / one:.2f}x", two / one >= 1.6),
+    ):
+        targets.add_row(name, value, "[green]yes" if ok else "[red]no")
+    console.print(targets)
+    console.print(f"raw runs: {out}")
+
+
+if __name__ == "__main__":
+    main()
