@@ -207,8 +207,13 @@ class RecsConsumer:
     def serve_metrics(self, port: int | None = None) -> None:
         """Expose the Prometheus metrics on ``port`` (default ``streaming.metrics_port``; 0 = off)."""
         port = self.cfg.metrics_port if port is None else port
-        if port:
+        if not port:
+            return
+        try:
             self.metrics.serve(port)
+        except OSError as exc:
+            # Metrics are for watching the consumer, not a reason to stop it: say so loudly.
+            log.error("metrics not served: port %d unavailable (%s); set streaming.metrics_port", port, exc)
 
     def close(self) -> None:
         for close in (lambda: self.consumer.close(autocommit=False), self.producer.close, self.writer.close):
