@@ -141,6 +141,7 @@ class StreamingSettings(BaseModel):
     metadata_max_age_ms: int = 5000  # re-read topic metadata often: finds re-created topics
     heartbeat_file: Path = Path("/tmp/crossrec-consumer.alive")  # touched only while healthy
     metrics_port: int = Field(default=9108, ge=0, le=65535)  # Prometheus /metrics; 0 = off
+    torch_threads: int | None = Field(default=None, ge=1)  # scoring threads per consumer; None = torch's default
 
 
 class ServicesSettings(BaseModel):

@@ -42,6 +42,11 @@ def stream(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR)  # reconnect noise during an outage
     settings = get_settings()
+    if settings.streaming.torch_threads:
+        import torch
+
+        # Several consumers on one host each default to every core: cap them to avoid oversubscription.
+        torch.set_num_threads(settings.streaming.torch_threads)
     consumer = RecsConsumer(
         settings, lambda: load_scorer(settings), heartbeat_file=heartbeat_file or settings.streaming.heartbeat_file
     )
