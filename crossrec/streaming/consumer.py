@@ -65,7 +65,11 @@ class Scorer(Protocol):
     """What the consumer needs from a model; ``crossrec.streaming.scoring`` adapts the real one."""
 
     version: str
-    encoder_version: str  # key of the stored item vectors
+
+    @property
+    def encoder_version(self) -> str:
+        """Key of the stored item vectors (the encoder's weights, pooling and dtype)."""
+        ...
 
     def covers(self, domain: str) -> bool: ...
 
@@ -437,7 +441,7 @@ class RecsConsumer:
         pipe = self.writer.client.pipeline(transaction=False)
         for user, bad in out.corrupt.items():
             for entry in bad:
-                pipe.lrem(self.schema.history(user), 0, entry)
+                pipe.lrem(self.schema.history(user), 0, entry)  # type: ignore[arg-type]
         domain = self.settings.target_domain
         version = self.scorer.version
         for user, items in lists.items():
@@ -511,7 +515,7 @@ class RecsConsumer:
             retry=retry_if_exception_type(DEPENDENCY_ERRORS),
             wait=wait_exponential(multiplier=self.cfg.retry_initial_s, max=self.cfg.retry_max_s),
             stop=lambda _: self._stop.is_set(),
-            sleep=self._stop.wait,
+            sleep=self._sleep,
             before_sleep=self._on_dependency_error,
             reraise=True,
         )
@@ -522,6 +526,10 @@ class RecsConsumer:
             if self._stop.is_set():
                 return False  # stopped during an outage: exit without committing
             raise
+
+    def _sleep(self, seconds: float) -> None:
+        """Backoff that a stop request cuts short (SIGTERM during an outage exits at once)."""
+        self._stop.wait(seconds)
 
     def _on_dependency_error(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -565,6 +573,7 @@ class RecsConsumer:
             assigned = list(self.consumer.assignment())
             if assigned:
                 ends = self.consumer.end_offsets(assigned, timeout_ms=2000)  # the broker round trip
+                self.metrics.lag.clear()  # partitions a rebalance took away must not keep a stale value
                 for tp, listed in ends.items():
                     # The last fetch's high watermark is exact; Tansu's ListOffsets can fall short.
                     end = self.consumer.highwater(tp) or listed

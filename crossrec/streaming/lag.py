@@ -63,7 +63,7 @@ def high_watermarks(client, partitions: list, timeout_ms: int = 5000) -> dict:
     for tp, offset in client.end_offsets(partitions, timeout_ms=timeout_ms).items():
         client.seek(tp, offset)
     deadline = time.monotonic() + timeout_ms / 1000
-    marks = {}
+    marks: dict = {}
     while len(marks) < len(partitions) and time.monotonic() < deadline:
         client.poll(timeout_ms=200, max_records=1, update_offsets=False)
         marks = {tp: hw for tp in partitions if (hw := client.highwater(tp)) is not None}
