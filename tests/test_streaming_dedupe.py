@@ -1,0 +1,43 @@
+"""The bounded dedupe state on a real Redis: a per-user window of recent event ids instead of one
+key per event, exact inside the window, explicit (never silent) outside it."""
+
+from __future__ import annotations
+
+import pytest
+
+from crossrec.keys import HistoryEvent, KeySchema
+from crossrec.settings import Settings
+from crossrec.streaming.history import APPLIED, DUPLICATE, OUTSIDE_WINDOW, HistoryApplier, PendingEvent
+
+pytestmark = pytest.mark.integration
+
+WINDOW, CAP = 20, 5
+
+
+def _events(user: str, ids: range) -> list[PendingEvent]:
+    return [PendingEvent(user, f"e{n}", 1_600_000_000_000 + n, HistoryEvent("office", f"o{n}", "click", 1.6e9 + n)) for n in ids]
+
+
+@pytest.fixture()
+def applier(services_settings: Settings, redis_client) -> HistoryApplier:
+    return HistoryApplier(redis_client, KeySchema(services_settings.key_prefix), history_cap=CAP, dedupe_window=WINDOW)
+
+
+def test_state_per_user_stays_bounded_and_recent_ids_are_recognised(applier: HistoryApplier, redis_client) -> None:
+    assert applier.apply(_events("u1", range(50))) == [APPLIED] * 50
+    schema = applier.schema
+    assert redis_client.zcard(schema.dedupe("u1")) == WINDOW  # not 50 keys: one bounded set
+    assert redis_client.llen(schema.history("u1")) == CAP
+    assert not redis_client.keys(f"{schema.prefix}:seen:*")
+    # a re-delivery of the newest WINDOW events changes nothing
+    assert applier.apply(_events("u1", range(30, 50))) == [DUPLICATE] * WINDOW
+    assert [HistoryEvent.from_json(e).item_id for e in redis_client.lrange(schema.history("u1"), 0, -1)] == ["o49", "o48", "o47", "o46", "o45"]
+    # older than every remembered id: reported, not applied and not silently dropped
+    assert applier.apply(_events("u1", range(5, 6))) == [OUTSIDE_WINDOW]
+    # other users are independent; a newer event of u1 applies
+    assert applier.apply(_events("u2", range(0, 1)) + _events("u1", range(60, 61))) == [APPLIED, APPLIED]
+
+
+def test_dedupe_key_shares_the_users_hash_tag() -> None:
+    key = KeySchema("crossrec").dedupe("user-7")
+    assert key == "crossrec:dedupe:{user-7}"
