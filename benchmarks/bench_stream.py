@@ -134,7 +134,7 @@ def payloads(users: list[str], keys: list[tuple[str, str]], n: int, rng: random.
 
 
 # -- processes ------------------------------------------------------------------------------------
-def stream_env(settings: Settings, torch_threads: int | None = None) -> dict[str, str]:
+def stream_env(settings: Settings) -> dict[str, str]:
     kafka = settings.kafka
     env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSREC_")}
     env.update({
@@ -144,8 +144,6 @@ def stream_env(settings: Settings, torch_threads: int | None = None) -> dict[str
         "CROSSREC_KAFKA__ITEMS_TOPIC": kafka.items_topic, "CROSSREC_KAFKA__DEAD_LETTER_TOPIC": kafka.dead_letter_topic,
         "CROSSREC_KAFKA__CONSUMER_GROUP": kafka.consumer_group,
     })
-    if torch_threads:
-        env["CROSSREC_STREAMING__TORCH_THREADS"] = str(torch_threads)
     return env
 
 
@@ -162,8 +160,7 @@ class Consumers:
                 [sys.executable, "-m", "crossrec.cli", "stream", "--metrics-port", str(port),
                  "--heartbeat-file", str(out / f"alive-{i}"), "--stats-file", str(out / f"stats-{i}.json"),
                  "--freshness-file", str(out / f"fresh-{i}.json")],
-                # n consumers share the host's cores: one scoring thread each when there are several
-                env=stream_env(settings, torch_threads=max(1, (os.cpu_count() or 1) // n) if n > 1 else None), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
+                env=stream_env(settings), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
             ))
 
     def wait_assigned(self, timeout_s: float = 120) -> None:

@@ -45,7 +45,7 @@ def stream(
     if settings.streaming.torch_threads:
         import torch
 
-        # Several consumers on one host each default to every core: cap them to avoid oversubscription.
+        # torch would take every core per process; consumers scale by partitions instead.
         torch.set_num_threads(settings.streaming.torch_threads)
     consumer = RecsConsumer(
         settings, lambda: load_scorer(settings), heartbeat_file=heartbeat_file or settings.streaming.heartbeat_file
