@@ -4,23 +4,31 @@ events through the consumer refresh lists, with explanations, against real Redis
 from __future__ import annotations
 
 import json
+import shutil
+import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from kafka import KafkaProducer
+from typer.testing import CliRunner
 
 from crossrec.adaptation.model import ModelConfig
 from crossrec.adaptation.pipeline import AdaptOptions, run_adapt
 from crossrec.adaptation.synthetic import write_synthetic
 from crossrec.adaptation.trainer import TrainConfig
 from crossrec.batch_publish import publish
+from crossrec.cli import app
 from crossrec.client import RecClient
-from crossrec.keys import KeySchema
+from crossrec.keys import KeySchema, RecList
+from crossrec.registry import registry_for
 from crossrec.services import ensure_topics
-from crossrec.settings import Settings
+from crossrec.settings import Settings, get_settings
 from crossrec.streaming.consumer import RecsConsumer
 from crossrec.streaming.scoring import load_scorer
+from serving.app import create_app
 
 pytestmark = pytest.mark.integration
 
@@ -106,3 +114,85 @@ def test_live_events_and_new_items_refresh_lists_with_the_real_model(settings: S
     # the item the model does not know is kept in the history (not lost), only not scored
     with RecClient(settings) as client:
         assert [e.item_id for e in client.history("NEWUSER").entries] == ["office-404", "office-004", "art-001"]
+
+
+def _second_version(work: Path) -> str:
+    """Register a copy of the trained model as the next version (same weights, its own name)."""
+    reg = registry_for(work)
+    if len(reg.versions()) >= 2:
+        return reg.versions()[1]
+    src = reg.path(reg.versions()[0])
+
+    def write(tmp: Path) -> None:
+        for f in src.iterdir():
+            if f.name != "manifest.json":
+                shutil.copy2(f, tmp / f.name)
+
+    return reg.register(write, {k: v for k, v in reg.manifest(src.name).items() if k != "version"})
+
+
+def _wait_for(predicate, timeout: float = 45.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+def test_rollback_reaches_a_running_consumer_and_health(settings: Settings, redis_client, monkeypatch) -> None:
+    work = settings.work_dir
+    v1 = registry_for(work).versions()[0]
+    v2 = _second_version(work)
+    monkeypatch.setenv("CROSSREC_REDIS__URL", settings.redis.url)
+    monkeypatch.setenv("CROSSREC_WORK_DIR", str(work))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        assert runner.invoke(app, ["models", "promote", v1]).exit_code == 0
+        publish(settings, work / "clean")
+        assert runner.invoke(app, ["models", "promote", v2]).exit_code == 0
+        schema = KeySchema(settings.key_prefix)
+        assert redis_client.get(schema.current_model()) == v2.encode()
+
+        consumer = RecsConsumer(settings, lambda: load_scorer(settings), poll_timeout_ms=100, reload_check_s=0.2)
+        thread = threading.Thread(target=consumer.run, kwargs={"max_seconds": 90}, daemon=True)
+        thread.start()
+        try:
+            def recs_of(user: str):  # type: ignore[no-untyped-def]
+                raw = redis_client.get(schema.recs(settings.target_domain, user))
+                return RecList.from_json(raw) if raw else None
+
+            _send(settings, "U0001", "office-007", 1_900_000_000_000)
+            first = _wait_for(lambda: (r := recs_of("U0001")) is not None and r.source == "stream" and r)
+            assert first.model_version == v2
+
+            res = runner.invoke(app, ["models", "rollback"])
+            assert res.exit_code == 0, res.output
+            assert registry_for(work).current() == v1 and redis_client.get(schema.current_model()) == v1.encode()
+
+            _wait_for(lambda: consumer.scorer is not None and consumer.scorer.version == v1)
+            _send(settings, "U0002", "office-008", 1_900_000_001_000)
+            after = _wait_for(lambda: (r := recs_of("U0002")) is not None and r.source == "stream" and r)
+            assert after.model_version == v1  # written after the rollback: the rolled-back model
+        finally:
+            consumer.stop()
+            thread.join(timeout=30)
+            consumer.close()
+        assert consumer.stats.model_reloads >= 2  # start (v2) and the rollback (v1), no restart
+
+        with TestClient(create_app(settings)) as api:
+            assert api.get("/health").json()["model_version"] == v1
+            assert api.get(f"/recommendations/office/U0002").json()["current_model"] == v1
+    finally:
+        get_settings.cache_clear()
+
+
+def _send(settings: Settings, user: str, item: str, ts_ms: int) -> None:
+    producer = KafkaProducer(**settings.kafka.client_kwargs())
+    event = {"user_id": user, "domain": "office", "item_id": item, "event_type": "purchase", "ts": ts_ms,
+             "event_id": uuid.uuid4().hex, "schema_version": 1}
+    producer.send(settings.kafka.events_topic, key=user.encode(), value=json.dumps(event).encode())
+    producer.flush()
+    producer.close()
