@@ -63,7 +63,7 @@ from crossrec.client import (
     StoreUnavailableError,
     UnknownDomainError,
 )
-from crossrec.keys import SCHEMA_VERSION, KeySchema
+from crossrec.keys import SCHEMA_VERSION
 from crossrec.redis_conn import redis_client
 from crossrec.settings import Settings, get_settings
 
@@ -324,7 +324,7 @@ def create_app(
     mode: Mode | None = None,
     max_k: int | None = None,
     max_id_len: int | None = None,
-    display_ttl_s: float | None = None,
+    pointer_ttl_s: float | None = None,
     redis_timeout_s: float | None = None,
 ) -> FastAPI:
     """Build the API for ``settings`` (the process settings when omitted, as under uvicorn --factory).
@@ -344,7 +344,7 @@ def create_app(
         mode,
         max_k=max_k,
         max_id_len=max_id_len,
-        display_ttl_s=cfg.display_ttl_s if display_ttl_s is None else display_ttl_s,
+        pointer_ttl_s=cfg.pointer_ttl_s if pointer_ttl_s is None else pointer_ttl_s,
         socket_timeout=redis_timeout_s or cfg.redis_timeout_s,
     )
     # For the tooling routes an Enum puts the known domains in the OpenAPI schema (unknown: 422).
@@ -385,7 +385,7 @@ def create_app(
 
     user_path = PathParam(min_length=1, max_length=max_id_len, description="the user id of the event logs")
 
-    contract = ReadContract(KeySchema(settings.key_prefix), settings.domains, max_k=max_k, max_id_len=max_id_len)
+    contract = ReadContract(settings, max_k=max_k, max_id_len=max_id_len)  # validation only, no I/O
 
     @app.get(
         "/recommendations/{domain}/{user_id}",
@@ -420,10 +420,10 @@ def create_app(
             contract.check_user(user_id)
             k = _k_param(query_string, settings.top_k, max_k)
             contract.check_k(k)
-            recs = await backend.call("get", user_id, domain, k)
+            body: bytes = await backend.call("get_body", user_id, domain, k)
         except ClientError as exc:
             return _client_error_body(exc)
-        return 200, _encode(recs.to_dict())
+        return 200, body
 
     @app.get("/users/{user_id}/history", response_model=HistoryOut, responses=ERRORS, summary="A user's recent events")
     async def history(

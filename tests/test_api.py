@@ -99,7 +99,7 @@ def test_user_ids_with_reserved_characters_round_trip(api: TestClient, redis_cli
 def test_health_reports_redis_and_model(api: TestClient, world: Fixture) -> None:
     res = api.get("/health")
     assert res.status_code == 200
-    assert res.json() == {"status": "ok", "redis": "up", "model_version": MODEL, "schema_version": 1, "message": None}
+    assert res.json() == {"status": "ok", "redis": "up", "model_version": MODEL, "schema_version": 2, "message": None}
 
 
 def test_health_without_a_model_says_so(api: TestClient, redis_client) -> None:
@@ -193,7 +193,7 @@ def test_contract_violation_in_redis_is_reported_not_hidden(api: TestClient, red
     redis_client.set(KeySchema(services_settings.key_prefix).recs("office", "u1"), b"garbage")
     res = api.get("/recommendations/office/u1")
     assert res.status_code == 500 and res.json()["error"] == "contract_violation"
-    assert "crossrec:recs:office:u1" in res.json()["message"]
+    assert "crossrec:recs:office:{u1}" in res.json()["message"]
 
 
 # -- the fast path and the framework path are one API ----------------------------------------------

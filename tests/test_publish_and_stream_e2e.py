@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaProducer
@@ -23,6 +24,7 @@ from crossrec.batch_publish import publish
 from crossrec.cli import app
 from crossrec.client import RecClient
 from crossrec.keys import KeySchema, RecList
+from crossrec.publish import ItemDisplay, RecWriter
 from crossrec.registry import registry_for
 from crossrec.services import ensure_topics
 from crossrec.settings import Settings, get_settings
@@ -196,3 +198,59 @@ def _send(settings: Settings, user: str, item: str, ts_ms: int) -> None:
     producer.send(settings.kafka.events_topic, key=user.encode(), value=json.dumps(event).encode())
     producer.flush()
     producer.close()
+
+
+def test_publish_merges_never_undoing_what_the_stream_wrote_after_the_cut(settings: Settings, redis_client) -> None:
+    """The issue's scenario: users buy their top-1 through the stream after the nightly cut, an
+    item is renamed by a catalogue update; the next publish (a new model) keeps all of it and
+    still puts every user on the new model."""
+    work = settings.work_dir
+    reg = registry_for(work)
+    v1 = reg.versions()[0]
+    v2 = _second_version(work)
+    reg.promote(v1)
+    publish(settings, work / "clean")
+    schema = KeySchema(settings.key_prefix)
+    events = pd.read_parquet(work / "clean" / "events")
+    cut_ms = int(events["ts_ms"].max())
+
+    def stored(user: str) -> RecList:
+        return RecList.from_json(redis_client.get(schema.recs(settings.target_domain, user)))
+
+    buyers = ["U0003", "U0004", "U0005", "U0006", "U0007"]
+    bought = {u: stored(u).items[0].item_id for u in buyers}
+    for n, user in enumerate(buyers):
+        _send(settings, user, bought[user], cut_ms + 60_000 + n)
+    consumer = RecsConsumer(settings, lambda: load_scorer(settings), poll_timeout_ms=200)
+    try:
+        consumer.run(max_events=len(buyers), max_seconds=60)
+    finally:
+        consumer.close()
+    for user in buyers:
+        assert stored(user).source == "stream" and bought[user] not in {i.item_id for i in stored(user).items}
+    # a catalogue update after the snapshot, written as the consumer writes it
+    renamed = bought["U0003"]
+    writer = RecWriter.from_settings(settings)
+    writer.write_items([ItemDisplay("office", renamed, "Renamed by the stream")])
+    writer.close()
+
+    reg.promote(v2)  # tonight's model (the gate moves the registry; the publish moves Redis)
+    summary = publish(settings, work / "clean")
+
+    assert summary.cut_ts == cut_ms / 1000.0
+    assert summary.kept_newer == len(buyers) and summary.rescored == len(buyers) and summary.items_kept == 1
+    assert summary.lists_written == summary.users
+    assert redis_client.hget(schema.item("office", renamed), "title") == b"Renamed by the stream"
+    for user in buyers:
+        recs = stored(user)
+        assert bought[user] not in {i.item_id for i in recs.items}  # the purchase still counts
+        assert recs.model_version == v2
+        newest = json.loads(redis_client.lindex(schema.history(user), 0))
+        assert newest["item_id"] == bought[user]  # the stream's history is intact
+    users = events["user_id"].unique().tolist()
+    assert {stored(u).model_version for u in users} == {v2}  # everyone is on the new model
+    assert redis_client.get(schema.current_model()) == v2.encode()
+    # a list that names the renamed item shows the stream's title
+    with RecClient(settings) as client:
+        shown = [r for u in users for r in client.get(u, "office", 5).items if r.item_id == renamed]
+    assert shown and {r.title for r in shown} == {"Renamed by the stream"}
