@@ -61,7 +61,10 @@ def repo_config(settings: Settings) -> RepoConfig:
         project=PROJECT,
         provider="local",
         registry=str(path / "registry.db"),
-        online_store=RedisOnlineStoreConfig(connection_string=redis_connection_string(settings)),
+        online_store=RedisOnlineStoreConfig(
+            connection_string=redis_connection_string(settings),
+            redis_type="redis_cluster" if settings.redis.cluster else "redis",  # the seed node finds the rest
+        ),
         offline_store=DaskOfflineStoreConfig(type="file"),  # "file" = the dask-backed file store
         entity_key_serialization_version=3,
         repo_path=path,
