@@ -32,6 +32,7 @@ Why the request path looks the way it does:
 # and the Domain enum is local to create_app.
 
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from enum import Enum
@@ -297,15 +298,17 @@ class _RecommendationsFastPath:
     compiled ``path_regex``. Everything else, and the route itself, stays with FastAPI.
     """
 
-    def __init__(self, app: ASGIApp, *, pattern: re.Pattern[str], render: Render) -> None:
+    def __init__(self, app: ASGIApp, *, pattern: re.Pattern[str], render: Render, route: str) -> None:
         self.app = app
         self.match = pattern.match
         self.render = render
+        self.route = route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
             m = self.match(scope["path"])
             if m is not None:
+                scope[ROUTE_KEY] = self.route
                 status, body = await self.render(m["domain"], m["user_id"], scope["query_string"])
                 await send({
                     "type": "http.response.start",
@@ -315,6 +318,65 @@ class _RecommendationsFastPath:
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+
+# -- Prometheus: request latency by route and status --------------------------------------------
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+ROUTE_KEY = "crossrec.route"  # scope key the fast path sets (the router sets scope["route"])
+
+
+class _Timed:
+    """Outermost ASGI middleware: ``crossrec_api_request_seconds{route,status}`` per HTTP request.
+
+    Why this shape: a labelled histogram's ``labels()`` takes a lock and builds a key per call, so
+    each (route, status) child is looked up once and kept; the per-request cost is two clock reads,
+    one dict lookup and one ``observe``. The route label is the route's *template* (bounded
+    cardinality), ``unmatched`` when no route took the request. Each uvicorn worker process keeps
+    its own counts (no multiprocess mode), so a scrape sees the worker that answered it.
+    """
+
+    def __init__(self, app: ASGIApp, *, histogram: Any) -> None:
+        self.app = app
+        self.histogram = histogram
+        self.children: dict[tuple[str, int], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get(ROUTE_KEY)
+            if route is None:
+                matched = scope.get("route")
+                route = getattr(matched, "path", "unmatched")
+            key = (route, status)
+            child = self.children.get(key)
+            if child is None:
+                child = self.children[key] = self.histogram.labels(route=route, status=str(status))
+            child.observe(time.perf_counter() - started)
+
+
+def _metrics_registry() -> tuple[Any, Any]:
+    """A registry per app (tests and the benchmark build many apps in one process)."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    histogram = Histogram(
+        "crossrec_api_request_seconds", "HTTP request latency of the serving API by route template and status",
+        ["route", "status"], buckets=LATENCY_BUCKETS, registry=registry,
+    )
+    return registry, histogram
 
 
 # -- the app -----------------------------------------------------------------------------------
@@ -456,11 +518,20 @@ def create_app(
         return _json({"status": "ok", "redis": "up", "model_version": model, "schema_version": SCHEMA_VERSION,
                       "message": None if model else "no current model published yet"})
 
+    registry, histogram = _metrics_registry()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     route = next(r for r in app.routes if isinstance(r, APIRoute) and r.endpoint is recommendations)
-    app.add_middleware(_RecommendationsFastPath, pattern=route.path_regex, render=render)
+    app.add_middleware(_RecommendationsFastPath, pattern=route.path_regex, render=render, route=route.path)
+    app.add_middleware(_Timed, histogram=histogram)  # added last: the outermost of ours
     return app

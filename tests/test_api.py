@@ -8,6 +8,7 @@ router; the framework's route handler serves it behind a ``root_path`` and must 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -293,3 +294,23 @@ def test_password_protected_redis(tmp_path: Path) -> None:
                 assert res.status_code == 503 and res.json()["error"] == "store_unavailable"
                 assert "password" in res.json()["message"] or "authentication" in res.json()["message"]
                 assert secret not in res.text and "nope" not in res.text
+
+
+def test_metrics_count_request_latency_by_route_template_and_status(world: Fixture, services_settings: Settings) -> None:
+    with TestClient(create_app(services_settings)) as http:
+        for _ in range(3):
+            assert http.get(f"/recommendations/office/{world.user}").status_code == 200
+        assert http.get("/recommendations/garden/u").status_code == 404
+        assert http.get(f"/users/{world.user}/history").status_code == 200
+        assert http.get("/nowhere").status_code == 404
+        text = http.get("/metrics").text
+    samples = {
+        (m.group(1), m.group(2)): float(m.group(3))
+        for m in re.finditer(r'crossrec_api_request_seconds_count\{route="([^"]+)",status="(\d+)"\} (\S+)', text)
+    }
+    assert samples[("/recommendations/{domain}/{user_id}", "200")] == 3.0
+    assert samples[("/recommendations/{domain}/{user_id}", "404")] == 1.0
+    assert samples[("/users/{user_id}/history", "200")] == 1.0
+    assert samples[("unmatched", "404")] == 1.0
+    assert world.user not in text  # the route template, never the user id (bounded cardinality)
+    assert 'crossrec_api_request_seconds_bucket{le="0.001"' in text
