@@ -130,7 +130,8 @@ def materialize(
     store = store or feature_store(settings)
     end = end or datetime.now(timezone.utc)
     paths = definitions_module().feature_paths(Path(settings.work_dir), settings.encoder)
-    wanted = views or list(paths)
+    offline_only = {definitions_module().ITEM_STATS_DAILY}  # training reads it offline; nothing to serve
+    wanted = views or [v for v in paths if v not in offline_only]
     ready = [v for v in wanted if Path(paths.get(v, "")).exists()]
     for v in sorted(set(wanted) - set(ready)):
         console.print(f"[yellow]feast:[/] skipping {v}: offline table {paths.get(v)} not found")
