@@ -181,3 +181,37 @@ def test_training_join_is_point_in_time_correct(feast_settings: Settings):
     # cold on day 5 sees day 4's popularity (5 of the domain's max 5 = 1.0), not the all-time 6/51
     assert joined["popularity"].iloc[4] == pytest.approx(1.0)
     assert item_stats(events).set_index("item_id").loc["cold", "popularity"] == pytest.approx(6 / 51)
+
+
+def test_training_reads_its_inputs_through_feast(feast_settings: Settings, tmp_path: Path, monkeypatch) -> None:
+    """With the feature tables written, load_adapt_data takes the embeddings and the per-event item
+    statistics from Feast's offline API; the catalogue equals the one read from parquet."""
+    from crossrec.adaptation.data import load_adapt_data
+    from crossrec.adaptation.synthetic import write_synthetic
+    from crossrec.features.store import definitions_module
+    from crossrec.settings import get_settings
+
+    work = write_synthetic(tmp_path / "work", n_users=12, n_items=10, dim=8)
+    direct = load_adapt_data(work)
+    assert direct.feature_source == "parquet" and direct.event_stats is None
+
+    paths = definitions_module().feature_paths(work, "minilm")
+    build_feature_tables(work / "clean" / "events", paths["item_embeddings"],
+                         {k: paths[k] for k in ("item_stats", "item_stats_daily", "user_features")}, splits=None)
+    monkeypatch.setenv("CROSSREC_REDIS__URL", feast_settings.redis.url)
+    get_settings.cache_clear()
+    try:
+        via_feast = load_adapt_data(work)
+    finally:
+        get_settings.cache_clear()
+    assert via_feast.feature_source == "feast"
+    assert via_feast.catalog.keys == direct.catalog.keys
+    np.testing.assert_allclose(via_feast.catalog.embeddings, direct.catalog.embeddings, atol=1e-7)
+    assert via_feast.fingerprint == direct.fingerprint
+    stats = via_feast.event_stats
+    events = pd.read_parquet(work / "clean" / "events")
+    assert stats is not None and len(stats) == len(events)
+    # point in time: an item's first event ever sees no interactions before it
+    first = stats.sort_values("ts_ms").drop_duplicates("item_id")
+    assert (first["interactions"] == 0).all()
+    assert stats["interactions"].max() < events["item_id"].value_counts().max() + 1
