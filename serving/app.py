@@ -117,6 +117,16 @@ class HistoryOut(BaseModel):
     entries: list[HistoryEntryOut]
 
 
+class UserFeaturesOut(BaseModel):
+    user_id: str
+    found: bool
+    recent_items: list[str] | None
+    recent_domains: list[str] | None
+    n_events: int | None
+    last_event_ts_ms: int | None
+    user_vector: list[float] | None
+
+
 class UsersOut(BaseModel):
     domain: str
     users: list[str]
@@ -195,6 +205,13 @@ class _Backend:
             await self.aio.close()
         if self.sync is not None:
             self.sync.close()
+
+    async def call_blocking(self, name: str, *args: Any) -> Any:
+        """A call that may block for long (Feast's online read): off the event loop in every mode."""
+        if self.aio is not None:
+            return await getattr(self.aio, name)(*args)
+        assert self.sync is not None, "backend not started (app lifespan did not run)"
+        return await run_in_threadpool(getattr(self.sync, name), *args)
 
     async def call(self, name: str, *args: Any) -> Any:
         if self.aio is not None:
@@ -493,6 +510,13 @@ def create_app(
         limit: int = Query(20, ge=1, le=MAX_HISTORY, description="how many events, newest first"),
     ) -> Response:
         return _json((await backend.call("history", user_id, limit)).to_dict())
+
+    @app.get(
+        "/users/{user_id}/features", response_model=UserFeaturesOut, responses=ERRORS,
+        summary="A user's fresh features from Feast's online store (pushed by the stream, materialised nightly)",
+    )
+    async def user_features(user_id: str = user_path) -> Response:
+        return _json(await backend.call_blocking("user_features", user_id))
 
     @app.get("/users", response_model=UsersOut, responses=ERRORS, summary="Some users with a list (for the inspection page)")
     async def users(

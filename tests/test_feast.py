@@ -215,3 +215,45 @@ def test_training_reads_its_inputs_through_feast(feast_settings: Settings, tmp_p
     first = stats.sort_values("ts_ms").drop_duplicates("item_id")
     assert (first["interactions"] == 0).all()
     assert stats["interactions"].max() < events["item_id"].value_counts().max() + 1
+
+
+def push_user(store, user: str, n_events: int, recent: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """What the streaming consumer pushes for a touched user (user_features_push)."""
+    store.push("user_features_push", pd.DataFrame([{
+        "user_id": user, "recent_items": recent, "recent_domains": ["office"] * len(recent), "n_events": n_events,
+        "last_event_ts_ms": 1_700_000_000_000, "user_vector": [0.6, 0.8], "event_timestamp": pd.Timestamp.now(tz="UTC"),
+    }]))
+
+
+def test_api_and_client_read_user_features_from_the_online_store(feast_settings: Settings) -> None:
+    import asyncio
+
+    from fastapi.testclient import TestClient
+
+    from crossrec.client import AsyncRecClient, RecClient
+    from crossrec.features.store import apply
+    from serving.app import create_app
+
+    store = apply(feast_settings)
+    push_user(store, "u1", 7, ["o3", "o2", "o1"])
+    with RecClient(feast_settings) as client:
+        got = client.user_features("u1")
+        assert got["found"] and got["n_events"] == 7 and got["recent_items"] == ["o3", "o2", "o1"]
+        assert got["user_vector"] == pytest.approx([0.6, 0.8])
+        missing = client.user_features("nobody")
+        assert missing["found"] is False and missing["n_events"] is None
+    with TestClient(create_app(feast_settings)) as http:
+        res = http.get("/users/u1/features")
+        assert res.status_code == 200 and res.json()["recent_items"] == ["o3", "o2", "o1"]
+        assert res.json()["n_events"] == 7 and res.json()["found"] is True
+        assert http.get("/users/nobody/features").json()["found"] is False
+        assert http.get(f"/users/{'x' * 200}/features").status_code == 422
+
+    async def aread() -> dict:
+        aio = AsyncRecClient(feast_settings)
+        try:
+            return await aio.user_features("u1")
+        finally:
+            await aio.close()
+
+    assert asyncio.run(aread())["n_events"] == 7
