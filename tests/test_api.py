@@ -296,21 +296,28 @@ def test_password_protected_redis(tmp_path: Path) -> None:
                 assert secret not in res.text and "nope" not in res.text
 
 
+def _counts(text: str) -> dict[tuple[str, str], float]:
+    return {
+        (m.group(1), m.group(2)): float(m.group(3))
+        for m in re.finditer(r'crossrec_api_request_seconds_count\{route="([^"]+)",status="(\d+)"\} (\S+)', text)
+    }
+
+
 def test_metrics_count_request_latency_by_route_template_and_status(world: Fixture, services_settings: Settings) -> None:
     with TestClient(create_app(services_settings)) as http:
+        before = _counts(http.get("/metrics").text)
         for _ in range(3):
             assert http.get(f"/recommendations/office/{world.user}").status_code == 200
         assert http.get("/recommendations/garden/u").status_code == 404
         assert http.get(f"/users/{world.user}/history").status_code == 200
         assert http.get("/nowhere").status_code == 404
         text = http.get("/metrics").text
-    samples = {
-        (m.group(1), m.group(2)): float(m.group(3))
-        for m in re.finditer(r'crossrec_api_request_seconds_count\{route="([^"]+)",status="(\d+)"\} (\S+)', text)
-    }
-    assert samples[("/recommendations/{domain}/{user_id}", "200")] == 3.0
-    assert samples[("/recommendations/{domain}/{user_id}", "404")] == 1.0
-    assert samples[("/users/{user_id}/history", "200")] == 1.0
-    assert samples[("unmatched", "404")] == 1.0
+    after = _counts(text)
+    delta = {key: after[key] - before.get(key, 0.0) for key in after}
+    assert delta[("/recommendations/{domain}/{user_id}", "200")] == 3.0
+    assert delta[("/recommendations/{domain}/{user_id}", "404")] == 1.0
+    assert delta[("/users/{user_id}/history", "200")] == 1.0
+    assert delta[("unmatched", "404")] == 1.0
+    assert delta[("/metrics", "200")] == 1.0
     assert world.user not in text  # the route template, never the user id (bounded cardinality)
     assert 'crossrec_api_request_seconds_bucket{le="0.001"' in text
