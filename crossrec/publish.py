@@ -40,6 +40,7 @@ ITEM_FIELDS: tuple[str, ...] = ("title", "category", "brand")
 DEFAULT_BATCH = 500  # commands per pipeline flush: big enough to amortise the RTT, small in memory
 DEFAULT_DOMAINS: tuple[str, ...] = tuple(Settings.model_fields["domains"].default_factory())  # type: ignore[misc]
 DISPLAY_TTL_S = 30.0  # how long a writer trusts an item row it read (rows it wrote: until replaced)
+DISPLAY_ROWS = 200_000  # rows a writer keeps in memory (a long-running consumer must stay bounded)
 
 
 @dataclass(frozen=True)
@@ -202,11 +203,16 @@ class _DisplayRows:
     written a moment later is found on the next list write.
     """
 
-    def __init__(self, ttl_s: float = DISPLAY_TTL_S) -> None:
+    def __init__(self, ttl_s: float = DISPLAY_TTL_S, max_rows: int = DISPLAY_ROWS) -> None:
         self.ttl_s = ttl_s
+        self.max_rows = max_rows
         self.rows: dict[tuple[str, str], tuple[float, Row]] = {}
 
     def put(self, key: tuple[str, str], row: Row, ttl_s: float = float("inf")) -> None:
+        if len(self.rows) >= self.max_rows and key not in self.rows:
+            # Drop the oldest tenth (dicts keep insertion order); a dropped row is re-read if needed.
+            for old in list(self.rows)[: max(1, self.max_rows // 10)]:
+                del self.rows[old]
         self.rows[key] = (time.monotonic() + ttl_s, row)
 
     def drop(self, key: tuple[str, str]) -> None:

@@ -227,3 +227,15 @@ def test_writer_rejects_keys_that_would_alias(writer: RecWriter, redis_client, c
         call(writer)
     assert redis_client.dbsize() == 0
 
+
+
+def test_writer_display_rows_stay_bounded() -> None:
+    from crossrec.publish import _DisplayRows
+
+    rows = _DisplayRows(max_rows=100)
+    for i in range(1000):
+        rows.put(("office", f"o{i}"), (f"t{i}", None, None))
+    assert len(rows.rows) <= 100 and ("office", "o999") in rows.rows
+    # what was dropped is read again from Redis, not lost
+    fetched = rows.resolve([("office", "o0")], lambda keys: [[b"again", b"", b""] for _ in keys])
+    assert fetched == {("office", "o0"): ("again", None, None)}
