@@ -5,18 +5,28 @@ publisher, the streaming consumer, the Python client and the HTTP API all go thr
 change here is a change of the public contract (bump ``SCHEMA_VERSION`` and document it in
 README.md).
 
-Keys (``{p}`` is ``settings.key_prefix``, ``crossrec`` by default):
+Keys (``{p}`` is ``settings.key_prefix``, ``crossrec`` by default; ``{U}`` is the user id *inside
+literal braces*, a Redis Cluster hash tag, so every key of one user lives in one slot and a
+script or transaction over a user's keys runs unchanged on a cluster):
 
 =====================================  ======  ===================================================
 key                                    type    value
 =====================================  ======  ===================================================
-``{p}:recs:{domain}:{user_id}``        string  JSON ``RecList`` (top-K, scores, model, updated_at)
-``{p}:popular:{domain}``               string  JSON ``RecList`` of the domain's popular items
+``{p}:recs:{domain}:{U}``              string  JSON list, ready to serve (see ``RecList.to_json``)
+``{p}:popular:{domain}``               string  the domain's popular items, same format
 ``{p}:model:current``                  string  the model version that serves now
-``{p}:item:{domain}:{item_id}``        hash    ``title``, ``category``, ``brand`` (display data)
-``{p}:history:{user_id}``              list    newest-first JSON ``HistoryEvent``s, capped
-``{p}:seen:{event_id}``                string  marker (with TTL) that the consumer applied an event
+``{p}:item:{domain}:{item_id}``        hash    ``title``, ``category``, ``brand`` (display data),
+                                               ``updated_at`` (unix s of the write)
+``{p}:history:{U}``                    list    newest-first JSON ``HistoryEvent``s, capped
+``{p}:dedupe:{U}``                     zset    event ids the consumer applied recently (score: event time)
+``{p}:itemvec:{encoder_version}``      hash    ``domain\x1fitem_id`` -> float32 vector of a streamed item
 =====================================  ======  ===================================================
+
+Schema 2 (this one) differs from 1 in two ways: per-user keys carry the ``{U}`` hash tag, and a
+list is stored *ready to serve*: each item with its rank, title, category, brand and explanation
+(title and domain of the history item that explains it), so a read is one ``GET`` whose bytes
+the API passes through. Titles are resolved when the list is written; a renamed item shows its new
+title in a list from that list's next write (the nightly publish or the user's next event).
 
 A recommendation list is one string written with a single ``SET``, so readers never see half a
 list: the replacement is atomic.
@@ -26,11 +36,20 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HISTORY_CAP = 50
+
+Row = tuple[str | None, str | None, str | None]  # title, category, brand of one item
+NO_ROW: Row = (None, None, None)
+
+
+def because_text(title: str | None, item_id: str) -> str:
+    """The one wording of an explanation (writers store it, so every reader shows the same)."""
+    return f"because you bought {title or item_id}"
 
 
 @dataclass(frozen=True)
@@ -42,29 +61,67 @@ class RecItem:
 
 @dataclass(frozen=True)
 class RecList:
-    """One user's (or a domain's popular) top-K, as stored under a single key."""
+    """One user's (or a domain's popular) top-K: what scorers produce and writers store.
+
+    ``to_json`` adds the display data (the ready-to-serve form); ``from_json`` reads back the
+    ids, scores and metadata, ignoring the display fields.
+    """
 
     items: list[RecItem]
     model_version: str
     updated_at: float = field(default_factory=time.time)  # unix seconds
     source: str = "batch"  # batch | stream | popular
 
-    def to_json(self) -> str:
-        payload: dict[str, Any] = asdict(self)
-        payload["v"] = SCHEMA_VERSION
-        return json.dumps(payload, separators=(",", ":"))
+    def to_json(
+        self,
+        domain: str | None = None,
+        display: Mapping[tuple[str, str], Row] | None = None,
+        probe: Sequence[str] = (),
+    ) -> str:
+        """The stored value: ``{"v","source","model_version","updated_at","items":[...]}``.
+
+        Each item is ``{"rank","item_id","score","title","category","brand","because"}`` with
+        ``because`` = ``{"item_id","title","domain","text"}`` or null. ``display`` maps
+        ``(domain, item_id)`` to a row; the explaining item is looked up in each of ``probe``'s
+        domains in order (explanations are usually cross-domain), the first hit wins.
+        """
+        rows = display or {}
+        out_items = []
+        for rank, it in enumerate(self.items, start=1):
+            title, category, brand = rows.get((domain, it.item_id), NO_ROW) if domain else NO_ROW
+            because = None
+            if it.because:
+                b_title: str | None = None
+                b_domain: str | None = None
+                for d in probe:
+                    row = rows.get((d, it.because))
+                    if row is not None and row[0]:
+                        b_title, b_domain = row[0], d
+                        break
+                because = {"item_id": it.because, "title": b_title, "domain": b_domain,
+                           "text": because_text(b_title, it.because)}
+            out_items.append({"rank": rank, "item_id": it.item_id, "score": it.score, "title": title,
+                              "category": category, "brand": brand, "because": because})
+        payload = {"v": SCHEMA_VERSION, "source": self.source, "model_version": self.model_version,
+                   "updated_at": self.updated_at, "items": out_items}
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> RecList:
         data = json.loads(raw)
-        if data.get("v") != SCHEMA_VERSION:
-            raise ValueError(f"unsupported recommendation schema version {data.get('v')!r}")
-        return cls(
-            items=[RecItem(**item) for item in data["items"]],
-            model_version=data["model_version"],
-            updated_at=float(data["updated_at"]),
-            source=data.get("source", "batch"),
-        )
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RecList:
+        if not isinstance(data, dict) or data.get("v") != SCHEMA_VERSION:
+            version = data.get("v") if isinstance(data, dict) else None
+            raise ValueError(f"unsupported recommendation schema version {version!r}")
+        items = []
+        for item in data["items"]:
+            because = item.get("because")
+            items.append(RecItem(item["item_id"], float(item["score"]), because["item_id"] if because else None))
+        return cls(items=items, model_version=data["model_version"], updated_at=float(data["updated_at"]),
+                   source=data.get("source", "batch"))
 
 
 @dataclass(frozen=True)
@@ -91,7 +148,7 @@ class KeySchema:
         self.prefix = prefix
 
     def recs(self, domain: str, user_id: str) -> str:
-        return f"{self.prefix}:recs:{domain}:{user_id}"
+        return f"{self.prefix}:recs:{domain}:{{{user_id}}}"
 
     def popular(self, domain: str) -> str:
         return f"{self.prefix}:popular:{domain}"
@@ -103,14 +160,16 @@ class KeySchema:
         return f"{self.prefix}:item:{domain}:{item_id}"
 
     def history(self, user_id: str) -> str:
-        return f"{self.prefix}:history:{user_id}"
-
-    def seen(self, event_id: str) -> str:
-        return f"{self.prefix}:seen:{event_id}"
+        return f"{self.prefix}:history:{{{user_id}}}"
 
     def recs_pattern(self, domain: str) -> str:
         """A SCAN pattern over every user's list in a domain (for tooling, not hot paths)."""
-        return f"{self.prefix}:recs:{domain}:*"
+        return f"{self.prefix}:recs:{domain}:{{*"
+
+    def user_of_recs_key(self, domain: str, key: str | bytes) -> str:
+        """The user id of a key that ``recs_pattern(domain)`` matched."""
+        text = key.decode() if isinstance(key, bytes) else key
+        return text[len(self.prefix) + len(domain) + 8 : -1]  # strip "{p}:recs:{domain}:{" and "}"
 
     def dedupe(self, user_id: str) -> str:
         """The consumer's recent applied event ids of one user (a ZSET scored by event time).

@@ -1,4 +1,10 @@
-"""Redis connections built from settings, so password and TLS handling live in one place."""
+"""Redis connections built from settings, so password, TLS and cluster handling live in one place.
+
+With ``redis.cluster`` on, the clients are redis-py's ``RedisCluster`` (sync and asyncio): the URL
+names one seed node and the client routes each command to the slot's node. Everything crossrec
+writes or reads in one script or transaction is keys of one user (one hash tag), and pipelines
+are non-transactional, so the cluster client splits them per node.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ def _pool_kwargs(settings: Settings, socket_timeout: float | None) -> dict[str, 
 
 def redis_client(
     settings: Settings, *, socket_timeout: float | None = 5.0, pooled: bool = True
-) -> redis.Redis:
+) -> redis.Redis:  # or a RedisCluster, which offers the same commands
     """A client for the configured Redis; pooled clients share up to ``max_connections`` sockets.
 
     The pool is a *blocking* one: with more concurrent users than ``max_connections``, a caller
@@ -51,6 +57,12 @@ def redis_client(
     connections", which is what a serving path under a burst needs.
     """
     kwargs = redis_kwargs(settings)
+    if settings.redis.cluster:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(  # type: ignore[return-value]
+            redis_url(settings), socket_timeout=socket_timeout, max_connections=settings.redis.max_connections, **kwargs
+        )
     if not pooled:
         return redis.Redis.from_url(
             redis_url(settings), socket_timeout=socket_timeout, single_connection_client=True, **kwargs
@@ -61,5 +73,12 @@ def redis_client(
 
 def async_redis_client(settings: Settings, *, socket_timeout: float | None = 5.0) -> aioredis.Redis:
     """The asyncio twin of :func:`redis_client` (same URL, password, TLS, blocking pool)."""
+    if settings.redis.cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(  # type: ignore[return-value]
+            redis_url(settings), socket_timeout=socket_timeout, max_connections=settings.redis.max_connections,
+            **redis_kwargs(settings),
+        )
     pool = aioredis.BlockingConnectionPool.from_url(redis_url(settings), **_pool_kwargs(settings, socket_timeout))
     return aioredis.Redis(connection_pool=pool)

@@ -11,19 +11,31 @@ Why a stack in the pointer: rollback must return to the version that was serving
 simply "the previous number" (a candidate that the gate rejected was never served). The pointer
 is written to a temp file in the same directory and ``os.replace``d, so a reader (the streaming
 consumer, the publisher) sees either the old or the new pointer, never a half-written one.
+
+Writers (promote, rollback, the gate) hold an exclusive ``fcntl`` lock on ``.lock`` across the
+whole read-modify-write of CURRENT: two promotions at once would otherwise both read the same
+stack and one of them would be lost. ``on_change`` callbacks run inside that lock, so the Redis
+pointer that serving follows (``crossrec models promote|rollback`` moves it) ends in the same
+order as the registry's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
+
+OnChange = Callable[[str], None]  # called with the new current version, inside the pointer lock
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 GATE_METRIC = "NDCG@10"
@@ -75,6 +87,27 @@ class ModelRegistry:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()  # lock depth per thread: gate() -> promote() re-enters
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive lock on the pointer across processes (flock) and threads; re-entrant."""
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._local.depth -= 1
+            return
+        with open(self.root / ".lock", "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            self._local.depth = 1
+            try:
+                yield
+            finally:
+                self._local.depth = 0
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------ versions
     def versions(self) -> list[str]:
@@ -128,24 +161,31 @@ class ModelRegistry:
         with open(self.root / "events.jsonl", "a") as fh:
             fh.write(json.dumps(rec, default=str) + "\n")
 
-    def promote(self, version: str, reason: str = "manual") -> None:
+    def promote(self, version: str, reason: str = "manual", on_change: OnChange | None = None) -> None:
+        """Make ``version`` current; ``on_change(version)`` runs before the lock is released."""
         self.path(version)
-        ptr = self._pointer()
-        stack = [v for v in ptr.get("stack", []) if v != version] + [version]
-        _atomic_write(self.root / "CURRENT", json.dumps({"version": version, "stack": stack}))
-        self._log("promote", version, reason=reason)
+        with self.locked():
+            ptr = self._pointer()
+            stack = [v for v in ptr.get("stack", []) if v != version] + [version]
+            _atomic_write(self.root / "CURRENT", json.dumps({"version": version, "stack": stack}))
+            self._log("promote", version, reason=reason)
+            if on_change is not None:
+                on_change(version)
 
-    def rollback(self) -> str:
+    def rollback(self, on_change: OnChange | None = None) -> str:
         """Return to the version served before the current one; error if there is none."""
-        ptr = self._pointer()
-        stack = list(ptr.get("stack", []))
-        if len(stack) < 2:
-            raise RegistryError("nothing to roll back to (fewer than two promoted versions)")
-        gone = stack.pop()
-        prev = stack[-1]
-        _atomic_write(self.root / "CURRENT", json.dumps({"version": prev, "stack": stack}))
-        self._log("rollback", prev, from_version=gone)
-        return prev
+        with self.locked():
+            ptr = self._pointer()
+            stack = list(ptr.get("stack", []))
+            if len(stack) < 2:
+                raise RegistryError("nothing to roll back to (fewer than two promoted versions)")
+            gone = stack.pop()
+            prev = stack[-1]
+            _atomic_write(self.root / "CURRENT", json.dumps({"version": prev, "stack": stack}))
+            self._log("rollback", prev, from_version=gone)
+            if on_change is not None:
+                on_change(prev)
+            return prev
 
     # ------------------------------------------------------------------ gate
     def gate(self, candidate: str, margin: float = 0.0, current_metric: float | None = None) -> GateDecision:
@@ -154,22 +194,23 @@ class ModelRegistry:
         ``current_metric`` lets the caller pass the current model re-scored on today's validation
         data (fairer than its stored number when the data moved); otherwise the stored one is used.
         """
-        cand_metric = self.manifest(candidate).get("valid_metrics", {}).get(GATE_METRIC)
-        if cand_metric is None:
-            raise RegistryError(f"{candidate} has no validation {GATE_METRIC}")
-        cur = self.current()
-        if cur is None:
-            self.promote(candidate, reason="no current model")
-            return GateDecision(True, candidate, None, cand_metric, None, margin, "no current model: promoted")
-        if current_metric is None:
-            current_metric = self.manifest(cur).get("valid_metrics", {}).get(GATE_METRIC)
-        if current_metric is None or cand_metric > current_metric + margin:
-            why = f"validation {GATE_METRIC} {cand_metric:.4f} > current {cur} {current_metric if current_metric is not None else float('nan'):.4f} + margin {margin}"
-            self.promote(candidate, reason=why)
-            return GateDecision(True, candidate, cur, cand_metric, current_metric, margin, "promoted: " + why)
-        why = f"validation {GATE_METRIC} {cand_metric:.4f} does not beat current {cur} {current_metric:.4f} + margin {margin}; keeping {cur}"
-        self._log("keep", cur, candidate=candidate, reason=why)
-        return GateDecision(False, candidate, cur, cand_metric, current_metric, margin, why)
+        with self.locked():  # the decision and the promotion see the same current version
+            cand_metric = self.manifest(candidate).get("valid_metrics", {}).get(GATE_METRIC)
+            if cand_metric is None:
+                raise RegistryError(f"{candidate} has no validation {GATE_METRIC}")
+            cur = self.current()
+            if cur is None:
+                self.promote(candidate, reason="no current model")
+                return GateDecision(True, candidate, None, cand_metric, None, margin, "no current model: promoted")
+            if current_metric is None:
+                current_metric = self.manifest(cur).get("valid_metrics", {}).get(GATE_METRIC)
+            if current_metric is None or cand_metric > current_metric + margin:
+                why = f"validation {GATE_METRIC} {cand_metric:.4f} > current {cur} {current_metric if current_metric is not None else float('nan'):.4f} + margin {margin}"
+                self.promote(candidate, reason=why)
+                return GateDecision(True, candidate, cur, cand_metric, current_metric, margin, "promoted: " + why)
+            why = f"validation {GATE_METRIC} {cand_metric:.4f} does not beat current {cur} {current_metric:.4f} + margin {margin}; keeping {cur}"
+            self._log("keep", cur, candidate=candidate, reason=why)
+            return GateDecision(False, candidate, cur, cand_metric, current_metric, margin, why)
 
     # ------------------------------------------------------------------ listing
     def list(self) -> list[VersionInfo]:

@@ -38,6 +38,9 @@ class RedisSettings(BaseModel):
     tls: bool = False
     tls_ca_cert: Path | None = None
     max_connections: int = 32
+    # A Redis Cluster: ``url`` names any one node, the client discovers the rest. Every per-user
+    # key carries the user's hash tag, so the same key schema and scripts work unchanged.
+    cluster: bool = False
 
     def __repr_args__(self):  # type: ignore[override]
         # A URL may carry a password (redis://user:pw@host); never let repr/str/logging show it.
@@ -113,7 +116,7 @@ class ServingSettings(BaseModel):
     mode: Literal["inline", "async", "thread"] = "inline"  # inline measured cheapest per request
     max_k: int = Field(default=100, ge=1)
     max_id_len: int = Field(default=128, ge=1)
-    display_ttl_s: float = Field(default=30.0, ge=0)  # how stale a renamed title may be
+    pointer_ttl_s: float = Field(default=1.0, ge=0)  # how stale `current_model` in a response may be
     redis_timeout_s: float = Field(default=0.5, gt=0)  # bounds how long a stuck Redis holds a request
 
 

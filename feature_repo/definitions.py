@@ -25,6 +25,7 @@ from feast.types import Array, Float32, Int64, String
 
 ITEM_EMBEDDINGS = "item_embeddings"
 ITEM_STATS = "item_stats"
+ITEM_STATS_DAILY = "item_stats_daily"
 USER_FEATURES = "user_features"
 USER_PUSH_SOURCE = "user_features_push"
 RECOMMENDER_SERVICE = "recommender"
@@ -40,6 +41,7 @@ def feature_paths(work_dir: Path, encoder: str) -> dict[str, Path]:
     return {
         ITEM_EMBEDDINGS: work_dir / "embeddings" / encoder,
         ITEM_STATS: work_dir / "features" / "item_stats.parquet",
+        ITEM_STATS_DAILY: work_dir / "features" / "item_stats_daily.parquet",
         USER_FEATURES: work_dir / "features" / "user_features.parquet",
     }
 
@@ -60,10 +62,14 @@ def build_definitions(work_dir: Path, encoder: str = "minilm") -> dict[str, obje
     stats_source = FileSource(
         name=f"{ITEM_STATS}_source", path=str(paths[ITEM_STATS]), timestamp_field="event_timestamp",
     )
+    stats_daily_source = FileSource(
+        name=f"{ITEM_STATS_DAILY}_source", path=str(paths[ITEM_STATS_DAILY]), timestamp_field="event_timestamp",
+    )
     user_batch_source = FileSource(
         name=f"{USER_FEATURES}_source", path=str(paths[USER_FEATURES]), timestamp_field="event_timestamp",
     )
-    # The streaming consumer pushes fresh user features here (store.push(USER_PUSH_SOURCE, df)).
+    # The streaming consumer pushes each touched user's fresh features here (store.push), in the
+    # batch in which it writes their lists; the API and the client read them online.
     user_push_source = PushSource(name=USER_PUSH_SOURCE, batch_source=user_batch_source)
 
     item_embeddings = FeatureView(
@@ -88,6 +94,19 @@ def build_definitions(work_dir: Path, encoder: str = "minilm") -> dict[str, obje
             Field(name="recency_days", dtype=Float32, description="days from the item's last event to the domain's last"),
         ],
     )
+    # Training only (offline): the point-in-time series of item statistics, one row per item and
+    # day, stamped at the end of the day (see crossrec.features.tables.item_stats_daily). The ttl
+    # is long because a count stays true until the item's next event, however far away.
+    item_stats_daily = FeatureView(
+        name=ITEM_STATS_DAILY, entities=[item], ttl=EMBEDDING_TTL, online=False, source=stats_daily_source,
+        schema=[
+            Field(name="domain", dtype=String),
+            Field(name="interactions", dtype=Int64, description="events up to the end of the row's day"),
+            Field(name="users", dtype=Int64),
+            Field(name="popularity", dtype=Float32, description="interactions / the domain's max, same day"),
+            Field(name="last_interaction_ts_ms", dtype=Int64),
+        ],
+    )
     user_features = FeatureView(
         name=USER_FEATURES, entities=[user], ttl=USER_TTL, online=True, source=user_push_source,
         schema=[
@@ -105,7 +124,8 @@ def build_definitions(work_dir: Path, encoder: str = "minilm") -> dict[str, obje
     )
     return {
         "item": item, "user": user, "user_push_source": user_push_source,
-        ITEM_EMBEDDINGS: item_embeddings, ITEM_STATS: item_stats, USER_FEATURES: user_features,
+        ITEM_EMBEDDINGS: item_embeddings, ITEM_STATS: item_stats, ITEM_STATS_DAILY: item_stats_daily,
+        USER_FEATURES: user_features,
         RECOMMENDER_SERVICE: recommender,
     }
 
@@ -120,5 +140,6 @@ user = _defs["user"]
 user_features_push = _defs["user_push_source"]
 item_embeddings = _defs[ITEM_EMBEDDINGS]
 item_stats = _defs[ITEM_STATS]
+item_stats_daily = _defs[ITEM_STATS_DAILY]
 user_features = _defs[USER_FEATURES]
 recommender = _defs[RECOMMENDER_SERVICE]

@@ -32,6 +32,7 @@ Why the request path looks the way it does:
 # and the Domain enum is local to create_app.
 
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from enum import Enum
@@ -63,7 +64,7 @@ from crossrec.client import (
     StoreUnavailableError,
     UnknownDomainError,
 )
-from crossrec.keys import SCHEMA_VERSION, KeySchema
+from crossrec.keys import SCHEMA_VERSION
 from crossrec.redis_conn import redis_client
 from crossrec.settings import Settings, get_settings
 
@@ -114,6 +115,16 @@ class HistoryOut(BaseModel):
     user_id: str
     skipped: int
     entries: list[HistoryEntryOut]
+
+
+class UserFeaturesOut(BaseModel):
+    user_id: str
+    found: bool
+    recent_items: list[str] | None
+    recent_domains: list[str] | None
+    n_events: int | None
+    last_event_ts_ms: int | None
+    user_vector: list[float] | None
 
 
 class UsersOut(BaseModel):
@@ -194,6 +205,13 @@ class _Backend:
             await self.aio.close()
         if self.sync is not None:
             self.sync.close()
+
+    async def call_blocking(self, name: str, *args: Any) -> Any:
+        """A call that may block for long (Feast's online read): off the event loop in every mode."""
+        if self.aio is not None:
+            return await getattr(self.aio, name)(*args)
+        assert self.sync is not None, "backend not started (app lifespan did not run)"
+        return await run_in_threadpool(getattr(self.sync, name), *args)
 
     async def call(self, name: str, *args: Any) -> Any:
         if self.aio is not None:
@@ -297,15 +315,17 @@ class _RecommendationsFastPath:
     compiled ``path_regex``. Everything else, and the route itself, stays with FastAPI.
     """
 
-    def __init__(self, app: ASGIApp, *, pattern: re.Pattern[str], render: Render) -> None:
+    def __init__(self, app: ASGIApp, *, pattern: re.Pattern[str], render: Render, route: str) -> None:
         self.app = app
         self.match = pattern.match
         self.render = render
+        self.route = route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
             m = self.match(scope["path"])
             if m is not None:
+                scope[ROUTE_KEY] = self.route
                 status, body = await self.render(m["domain"], m["user_id"], scope["query_string"])
                 await send({
                     "type": "http.response.start",
@@ -317,6 +337,65 @@ class _RecommendationsFastPath:
         await self.app(scope, receive, send)
 
 
+# -- Prometheus: request latency by route and status --------------------------------------------
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+ROUTE_KEY = "crossrec.route"  # scope key the fast path sets (the router sets scope["route"])
+
+
+class _Timed:
+    """Outermost ASGI middleware: ``crossrec_api_request_seconds{route,status}`` per HTTP request.
+
+    Why this shape: a labelled histogram's ``labels()`` takes a lock and builds a key per call, so
+    each (route, status) child is looked up once and kept; the per-request cost is two clock reads,
+    one dict lookup and one ``observe``. The route label is the route's *template* (bounded
+    cardinality), ``unmatched`` when no route took the request. Each uvicorn worker process keeps
+    its own counts (no multiprocess mode), so a scrape sees the worker that answered it.
+    """
+
+    def __init__(self, app: ASGIApp, *, histogram: Any) -> None:
+        self.app = app
+        self.histogram = histogram
+        self.children: dict[tuple[str, int], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get(ROUTE_KEY)
+            if route is None:
+                matched = scope.get("route")
+                route = getattr(matched, "path", "unmatched")
+            key = (route, status)
+            child = self.children.get(key)
+            if child is None:
+                child = self.children[key] = self.histogram.labels(route=route, status=str(status))
+            child.observe(time.perf_counter() - started)
+
+
+def _metrics_registry() -> tuple[Any, Any]:
+    """A registry per app (tests and the benchmark build many apps in one process)."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    histogram = Histogram(
+        "crossrec_api_request_seconds", "HTTP request latency of the serving API by route template and status",
+        ["route", "status"], buckets=LATENCY_BUCKETS, registry=registry,
+    )
+    return registry, histogram
+
+
 # -- the app -----------------------------------------------------------------------------------
 def create_app(
     settings: Settings | None = None,
@@ -324,7 +403,7 @@ def create_app(
     mode: Mode | None = None,
     max_k: int | None = None,
     max_id_len: int | None = None,
-    display_ttl_s: float | None = None,
+    pointer_ttl_s: float | None = None,
     redis_timeout_s: float | None = None,
 ) -> FastAPI:
     """Build the API for ``settings`` (the process settings when omitted, as under uvicorn --factory).
@@ -344,7 +423,7 @@ def create_app(
         mode,
         max_k=max_k,
         max_id_len=max_id_len,
-        display_ttl_s=cfg.display_ttl_s if display_ttl_s is None else display_ttl_s,
+        pointer_ttl_s=cfg.pointer_ttl_s if pointer_ttl_s is None else pointer_ttl_s,
         socket_timeout=redis_timeout_s or cfg.redis_timeout_s,
     )
     # For the tooling routes an Enum puts the known domains in the OpenAPI schema (unknown: 422).
@@ -385,7 +464,7 @@ def create_app(
 
     user_path = PathParam(min_length=1, max_length=max_id_len, description="the user id of the event logs")
 
-    contract = ReadContract(KeySchema(settings.key_prefix), settings.domains, max_k=max_k, max_id_len=max_id_len)
+    contract = ReadContract(settings, max_k=max_k, max_id_len=max_id_len)  # validation only, no I/O
 
     @app.get(
         "/recommendations/{domain}/{user_id}",
@@ -420,10 +499,10 @@ def create_app(
             contract.check_user(user_id)
             k = _k_param(query_string, settings.top_k, max_k)
             contract.check_k(k)
-            recs = await backend.call("get", user_id, domain, k)
+            body: bytes = await backend.call("get_body", user_id, domain, k)
         except ClientError as exc:
             return _client_error_body(exc)
-        return 200, _encode(recs.to_dict())
+        return 200, body
 
     @app.get("/users/{user_id}/history", response_model=HistoryOut, responses=ERRORS, summary="A user's recent events")
     async def history(
@@ -431,6 +510,13 @@ def create_app(
         limit: int = Query(20, ge=1, le=MAX_HISTORY, description="how many events, newest first"),
     ) -> Response:
         return _json((await backend.call("history", user_id, limit)).to_dict())
+
+    @app.get(
+        "/users/{user_id}/features", response_model=UserFeaturesOut, responses=ERRORS,
+        summary="A user's fresh features from Feast's online store (pushed by the stream, materialised nightly)",
+    )
+    async def user_features(user_id: str = user_path) -> Response:
+        return _json(await backend.call_blocking("user_features", user_id))
 
     @app.get("/users", response_model=UsersOut, responses=ERRORS, summary="Some users with a list (for the inspection page)")
     async def users(
@@ -456,11 +542,20 @@ def create_app(
         return _json({"status": "ok", "redis": "up", "model_version": model, "schema_version": SCHEMA_VERSION,
                       "message": None if model else "no current model published yet"})
 
+    registry, histogram = _metrics_registry()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     route = next(r for r in app.routes if isinstance(r, APIRoute) and r.endpoint is recommendations)
-    app.add_middleware(_RecommendationsFastPath, pattern=route.path_regex, render=render)
+    app.add_middleware(_RecommendationsFastPath, pattern=route.path_regex, render=render, route=route.path)
+    app.add_middleware(_Timed, histogram=histogram)  # added last: the outermost of ours
     return app

@@ -8,6 +8,7 @@ router; the framework's route handler serves it behind a ``root_path`` and must 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -99,7 +100,7 @@ def test_user_ids_with_reserved_characters_round_trip(api: TestClient, redis_cli
 def test_health_reports_redis_and_model(api: TestClient, world: Fixture) -> None:
     res = api.get("/health")
     assert res.status_code == 200
-    assert res.json() == {"status": "ok", "redis": "up", "model_version": MODEL, "schema_version": 1, "message": None}
+    assert res.json() == {"status": "ok", "redis": "up", "model_version": MODEL, "schema_version": 2, "message": None}
 
 
 def test_health_without_a_model_says_so(api: TestClient, redis_client) -> None:
@@ -193,7 +194,7 @@ def test_contract_violation_in_redis_is_reported_not_hidden(api: TestClient, red
     redis_client.set(KeySchema(services_settings.key_prefix).recs("office", "u1"), b"garbage")
     res = api.get("/recommendations/office/u1")
     assert res.status_code == 500 and res.json()["error"] == "contract_violation"
-    assert "crossrec:recs:office:u1" in res.json()["message"]
+    assert "crossrec:recs:office:{u1}" in res.json()["message"]
 
 
 # -- the fast path and the framework path are one API ----------------------------------------------
@@ -293,3 +294,35 @@ def test_password_protected_redis(tmp_path: Path) -> None:
                 assert res.status_code == 503 and res.json()["error"] == "store_unavailable"
                 assert "password" in res.json()["message"] or "authentication" in res.json()["message"]
                 assert secret not in res.text and "nope" not in res.text
+
+
+def _counts(text: str) -> dict[tuple[str, str], float]:
+    return {
+        (m.group(1), m.group(2)): float(m.group(3))
+        for m in re.finditer(r'crossrec_api_request_seconds_count\{route="([^"]+)",status="(\d+)"\} (\S+)', text)
+    }
+
+
+def test_metrics_count_request_latency_by_route_template_and_status(world: Fixture, services_settings: Settings) -> None:
+    with TestClient(create_app(services_settings)) as http:
+        # One of each first, so every (route, status) series exists before the baseline is read:
+        # once Feast is imported (it sets PROMETHEUS_MULTIPROC_DIR), same-named series of all apps
+        # in a process share one value, so only deltas within this test are its own.
+        for url in (f"/recommendations/office/{world.user}", "/recommendations/garden/u", f"/users/{world.user}/history", "/nowhere"):
+            http.get(url)
+        before = _counts(http.get("/metrics").text)
+        for _ in range(3):
+            assert http.get(f"/recommendations/office/{world.user}").status_code == 200
+        assert http.get("/recommendations/garden/u").status_code == 404
+        assert http.get(f"/users/{world.user}/history").status_code == 200
+        assert http.get("/nowhere").status_code == 404
+        text = http.get("/metrics").text
+    after = _counts(text)
+    delta = {key: after[key] - before.get(key, 0.0) for key in after}
+    assert delta[("/recommendations/{domain}/{user_id}", "200")] == 3.0
+    assert delta[("/recommendations/{domain}/{user_id}", "404")] == 1.0
+    assert delta[("/users/{user_id}/history", "200")] == 1.0
+    assert delta[("unmatched", "404")] == 1.0
+    assert delta[("/metrics", "200")] == 1.0
+    assert world.user not in text  # the route template, never the user id (bounded cardinality)
+    assert 'crossrec_api_request_seconds_bucket{le="0.001"' in text

@@ -34,7 +34,13 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def server(services_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def feast_work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The API's work dir: where Feast's registry lives (the online store is the session Redis)."""
+    return tmp_path_factory.mktemp("work")
+
+
+@pytest.fixture(scope="module")
+def server(services_settings: Settings, feast_work: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``crossrec serve`` in a subprocess, configured through CROSSREC_* like a deployment."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSREC_")}
@@ -43,6 +49,7 @@ def server(services_settings: Settings, tmp_path_factory: pytest.TempPathFactory
         "CROSSREC_REDIS__URL": services_settings.redis.url,
         "CROSSREC_KEY_PREFIX": services_settings.key_prefix,
         "CROSSREC_DOMAINS": '["art", "office"]',
+        "CROSSREC_WORK_DIR": str(feast_work),
     }
     log = tmp_path_factory.mktemp("api") / "api.log"
     with open(log, "wb") as out:
@@ -205,3 +212,40 @@ def test_real_server_rejects_oversized_requests_with_4xx(server: str) -> None:
     status = int(reply.split(b" ", 2)[1])
     assert 400 <= status < 500, reply[:200]
     assert len(reply) < 2000
+
+
+def test_deep_link_shows_features_and_which_model_and_source_wrote_the_list(
+    browser, server: str, world: Fixture, services_settings: Settings, feast_work: Path
+) -> None:
+    from test_feast import push_user
+
+    from crossrec.features.store import apply
+
+    store = apply(services_settings.model_copy(update={"work_dir": feast_work}))
+    push_user(store, world.user, 7, ["o3", "o2", "o1"])
+
+    browser.get(f"{server}/?domain=office&user={world.user}")
+    wait_state(browser, "ready")
+    assert browser.find_element("id", "user").get_attribute("value") == world.user  # the link opened that user
+    assert [r[1].splitlines()[1] for r in rows(browser, "recs")] == world.rec_ids
+    assert browser.find_element("id", "recs-source").text == "batch"
+    assert browser.find_element("id", "recs-model").text == MODEL
+    assert browser.find_element("id", "recs-current").text == MODEL
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 60).until(lambda d: d.find_element("id", "features").get_attribute("data-state") == "ready")
+    features = {
+        row.get_attribute("data-feature"): row.find_element("tag name", "td").text
+        for row in browser.find_elements("css selector", "#features tbody tr")
+    }
+    assert features["events"] == "7"
+    assert features["recent items"] == "o3 (office), o2 (office), o1 (office)"
+    assert features["user vector"] == "2 dims"
+
+    # a user Feast knows nothing about: the panel says so, the lists still show
+    browser.get(f"{server}/?domain=office&user={world.new_user}")
+    wait_state(browser, "ready")
+    WebDriverWait(browser, 60).until(lambda d: d.find_element("id", "features").get_attribute("data-state") == "ready")
+    assert browser.find_element("id", "features-note").text == "No features stored for this user."
+    assert browser.find_element("id", "recs-source").text == "popular"

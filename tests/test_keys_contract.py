@@ -8,6 +8,7 @@ services depend on.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -19,12 +20,25 @@ from crossrec.publish import ItemDisplay, RecWriter, explain, make_rec_list
 # -- pure contract -----------------------------------------------------------------------------
 def test_key_names_are_prefixed_and_stable() -> None:
     ks = KeySchema("shop")
-    assert ks.recs("office", "U1") == "shop:recs:office:U1"
+    assert ks.recs("office", "U1") == "shop:recs:office:{U1}"
     assert ks.popular("art") == "shop:popular:art"
     assert ks.current_model() == "shop:model:current"
     assert ks.item("art", "B00X") == "shop:item:art:B00X"
-    assert ks.history("U1") == "shop:history:U1"
-    assert ks.recs_pattern("office") == "shop:recs:office:*"
+    assert ks.history("U1") == "shop:history:{U1}"
+    assert ks.recs_pattern("office") == "shop:recs:office:{*"
+    assert ks.user_of_recs_key("office", b"shop:recs:office:{U:1}") == "U:1"
+
+
+@pytest.mark.parametrize("user", ["U1", "a:b", "x}y", "{odd", "é ü"])
+def test_a_users_keys_share_one_cluster_slot(user: str) -> None:
+    """Redis Cluster hashes only the hash tag: a user's list (each domain) and history must map
+    to one slot, so a script over them runs on a cluster."""
+    from redis.crc import key_slot
+
+    ks = KeySchema("crossrec")
+    slots = {key_slot(k.encode()) for k in (ks.recs("office", user), ks.recs("art", user), ks.history(user))}
+    assert len(slots) == 1
+    assert SCHEMA_VERSION == 2  # key names changed from schema 1: the contract version moved with them
 
 
 @pytest.mark.parametrize("prefix", ["", "a:b"])
@@ -44,6 +58,20 @@ def test_reclist_json_round_trip_keeps_everything() -> None:
     assert json.loads(raw)["v"] == SCHEMA_VERSION
     assert RecList.from_json(raw) == recs
     assert RecList.from_json(raw.encode()) == recs
+
+
+def test_stored_list_is_ready_to_serve() -> None:
+    """Titles, ranks and explanations (resolved in the other domain first) are in the value."""
+    recs = RecList(items=[RecItem("o1", 0.9, because="h1"), RecItem("o2", 0.5, because="gone")], model_version="m", updated_at=5.0)
+    display = {("office", "o1"): ("Stapler", "Office", None), ("art", "h1"): ("Brush", None, None),
+               ("office", "h1"): ("Not this one", None, None)}
+    body = json.loads(recs.to_json("office", display, ("art", "office")))
+    assert body["items"][0] == {"rank": 1, "item_id": "o1", "score": 0.9, "title": "Stapler", "category": "Office",
+                                "brand": None, "because": {"item_id": "h1", "title": "Brush", "domain": "art",
+                                                           "text": "because you bought Brush"}}
+    assert body["items"][1]["title"] is None and body["items"][1]["rank"] == 2
+    assert body["items"][1]["because"] == {"item_id": "gone", "title": None, "domain": None, "text": "because you bought gone"}
+    assert (body["source"], body["model_version"], body["updated_at"]) == ("batch", "m", 5.0)
 
 
 def test_reclist_rejects_other_schema_versions() -> None:
@@ -120,7 +148,12 @@ def test_writer_puts_each_value_under_the_schema_key(writer: RecWriter, redis_cl
     assert RecList.from_json(redis_client.get(ks.popular("office"))).items[0].item_id == "o9"
     assert redis_client.get(ks.current_model()) == b"m1"
     assert writer.current_model() == "m1"
-    assert redis_client.hgetall(ks.item("office", "o1")) == {b"title": b"Stapler", b"category": b"Office", b"brand": b""}
+    stored_item = redis_client.hgetall(ks.item("office", "o1"))
+    assert float(stored_item.pop(b"updated_at")) == pytest.approx(time.time(), abs=60)
+    assert stored_item == {b"title": b"Stapler", b"category": b"Office", b"brand": b""}
+    # the list was stored with the title the writer knew (written before the list)
+    writer.write_recs("office", "u1", recs)
+    assert json.loads(redis_client.get(ks.recs("office", "u1")))["items"][0]["title"] == "Stapler"
     assert sorted(redis_client.keys("*")) == sorted(
         k.encode() for k in (ks.recs("office", "u1"), ks.popular("office"), ks.current_model(), ks.item("office", "o1"))
     )
@@ -174,7 +207,7 @@ def test_prefixes_isolate_tenants_of_one_redis(redis_client) -> None:
     b = RecWriter(redis_client, KeySchema("tenant_b"))
     a.write_recs("office", "u1", make_rec_list(["x"], [1.0], "ma"))
     b.set_current_model("mb")
-    assert redis_client.keys("tenant_a:*") == [b"tenant_a:recs:office:u1"]
+    assert redis_client.keys("tenant_a:*") == [b"tenant_a:recs:office:{u1}"]
     assert redis_client.keys("tenant_b:*") == [b"tenant_b:model:current"]
     assert a.current_model() is None
 
@@ -194,3 +227,15 @@ def test_writer_rejects_keys_that_would_alias(writer: RecWriter, redis_client, c
         call(writer)
     assert redis_client.dbsize() == 0
 
+
+
+def test_writer_display_rows_stay_bounded() -> None:
+    from crossrec.publish import _DisplayRows
+
+    rows = _DisplayRows(max_rows=100)
+    for i in range(1000):
+        rows.put(("office", f"o{i}"), (f"t{i}", None, None))
+    assert len(rows.rows) <= 100 and ("office", "o999") in rows.rows
+    # what was dropped is read again from Redis, not lost
+    fetched = rows.resolve([("office", "o0")], lambda keys: [[b"again", b"", b""] for _ in keys])
+    assert fetched == {("office", "o0"): ("again", None, None)}

@@ -8,8 +8,20 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+from conftest import free_port
+
 from crossrec.cli import app
+from crossrec.keys import KeySchema
 from crossrec.registry import ModelRegistry, RegistryError
+from crossrec.settings import Settings, get_settings
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _add(reg: ModelRegistry, ndcg: float) -> str:
@@ -89,15 +101,68 @@ def test_promote_unknown_version_is_an_error(tmp_path: Path) -> None:
     assert reg.current() is None
 
 
-def test_models_cli_list_promote_rollback(tmp_path: Path) -> None:
+@pytest.fixture()
+def cli_settings(services_settings: Settings, redis_client, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """The `crossrec` CLI in-process, pointed at the session Redis."""
+    monkeypatch.setenv("CROSSREC_REDIS__URL", services_settings.redis.url)
+    get_settings.cache_clear()
+    try:
+        yield services_settings
+    finally:
+        get_settings.cache_clear()
+
+
+def test_models_cli_list_promote_rollback_move_registry_and_redis(tmp_path: Path, cli_settings: Settings, redis_client) -> None:
     reg = ModelRegistry(tmp_path / "r")
     v1, v2 = _add(reg, 0.1), _add(reg, 0.2)
+    pointer = KeySchema(cli_settings.key_prefix).current_model()
     runner = CliRunner()
     args = ["--registry", str(reg.root)]
     assert runner.invoke(app, ["models", "promote", v1, *args]).exit_code == 0
+    assert redis_client.get(pointer) == v1.encode()
     assert runner.invoke(app, ["models", "promote", v2, *args]).exit_code == 0
+    assert reg.current() == v2 and redis_client.get(pointer) == v2.encode()
     out = runner.invoke(app, ["models", "list", *args])
     assert out.exit_code == 0 and v1 in out.output and "0.2000" in out.output
     res = runner.invoke(app, ["models", "rollback", *args])
     assert res.exit_code == 0 and reg.current() == v1
+    assert redis_client.get(pointer) == v1.encode()  # serving follows the rollback
     assert runner.invoke(app, ["models", "promote", "v9999", *args]).exit_code == 1
+    assert redis_client.get(pointer) == v1.encode()
+
+
+def test_models_cli_changes_nothing_when_redis_is_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reg = ModelRegistry(tmp_path / "r")
+    v1, v2 = _add(reg, 0.1), _add(reg, 0.2)
+    reg.promote(v1)
+    reg.promote(v2)
+    monkeypatch.setenv("CROSSREC_REDIS__URL", f"redis://127.0.0.1:{free_port()}/0")  # nobody listens
+    get_settings.cache_clear()
+    try:
+        res = CliRunner().invoke(app, ["models", "rollback", "--registry", str(reg.root)])
+    finally:
+        get_settings.cache_clear()
+    assert res.exit_code == 1 and "unreachable" in res.output and "nothing was changed" in res.output
+    assert reg.current() == v2
+
+
+def test_concurrent_promotions_lose_no_stack_entry(tmp_path: Path) -> None:
+    """Eight processes promote ten versions each at the same moment; the lock keeps every
+    read-modify-write of CURRENT whole, so all 80 versions end up on the promotion stack."""
+    reg = ModelRegistry(tmp_path)
+    versions = [_add(reg, 0.1) for _ in range(80)]
+    script = (
+        "import sys, time; from crossrec.registry import ModelRegistry; "
+        "reg = ModelRegistry(sys.argv[1]); time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "for v in sys.argv[3:]: reg.promote(v)"
+    )
+    start = time.time() + 1.5
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(start), *versions[k::8]],
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+        for k in range(8)
+    ]
+    for p in procs:
+        assert p.wait(timeout=60) == 0
+    stack = json.loads((tmp_path / "CURRENT").read_text())["stack"]
+    assert sorted(stack) == versions  # without the lock, concurrent writers drop each other's entries

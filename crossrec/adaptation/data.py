@@ -6,6 +6,13 @@ once into one float32 matrix (row 0 = padding) so the adaptor runs over them wit
 
 Global item layout: index 0 = padding, then all source-domain items, then all target-domain items,
 so "all target items" is one contiguous slice (full-rank evaluation is a single matmul).
+
+Where the inputs come from: when the Feast feature tables exist (``crossrec features stats``
+wrote ``{work_dir}/features/item_stats_daily.parquet``, as the nightly DAG does before training),
+the item embeddings and the per-event item statistics are read through Feast's offline API
+(``crossrec.features.offline``: point-in-time joins); otherwise, e.g. on a bare data set without
+the feature step, the embeddings are read from their parquet directly. ``AdaptData.feature_source``
+says which path ran (and results.json can record it).
 """
 
 from __future__ import annotations
@@ -111,11 +118,42 @@ class AdaptData:
     encoder: str
     fingerprint: str
     dropped: dict[str, int] = field(default_factory=dict)
+    feature_source: str = "parquet"  # "feast" when the inputs came through Feast's offline API
+    # Per training event (user_id, item_id, domain, position): the item's statistics as of the
+    # event (point in time, from Feast); None on the parquet path.
+    event_stats: pd.DataFrame | None = None
 
 
-def load_catalog(work_dir: Path, encoder: str, source: str, target: str) -> tuple[Catalog, str]:
-    """Embeddings of both domains -> Catalog (items with no embedding cannot be represented)."""
-    emb = _read_parquet_dir(Path(work_dir) / "embeddings" / encoder, ["domain", "item_id", "embedding"])
+def _feature_store(work_dir: Path, encoder: str):  # type: ignore[no-untyped-def]
+    """Feast's store for this work dir when its training tables exist, else None."""
+    from crossrec.features.store import apply, definitions_module
+
+    defs = definitions_module()
+    paths = defs.feature_paths(Path(work_dir), encoder)
+    if not Path(paths[defs.ITEM_STATS_DAILY]).exists() or not Path(paths[defs.ITEM_EMBEDDINGS]).exists():
+        return None
+    from crossrec.settings import get_settings
+
+    settings = get_settings().model_copy(update={"work_dir": Path(work_dir), "encoder": encoder})
+    return apply(settings, encoder)  # idempotent registration
+
+
+def _embeddings(work_dir: Path, encoder: str, store) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    path = Path(work_dir) / "embeddings" / encoder
+    if store is None:
+        return _read_parquet_dir(path, ["domain", "item_id", "embedding"])
+    from crossrec.features.offline import item_embeddings_as_of
+
+    ids = _read_parquet_dir(path, ["item_id"])["item_id"].astype(str).unique().tolist()  # the entity rows
+    return item_embeddings_as_of(store, ids)
+
+
+def load_catalog(work_dir: Path, encoder: str, source: str, target: str, *, store=None) -> tuple[Catalog, str]:  # type: ignore[no-untyped-def]
+    """Embeddings of both domains -> Catalog (items with no embedding cannot be represented).
+
+    ``store``: a Feast store to read the embeddings through (else the parquet is read directly).
+    """
+    emb = _embeddings(work_dir, encoder, store)
     emb = emb[emb["domain"].isin([source, target])]
     emb = emb.drop_duplicates(["domain", "item_id"], keep="last")
     if emb.empty:
@@ -156,8 +194,10 @@ def load_adapt_data(
 ) -> AdaptData:
     """Read ``{work_dir}/clean/events`` + ``{work_dir}/embeddings/{encoder}`` into AdaptData."""
     work_dir = Path(work_dir)
-    catalog, emb_digest = load_catalog(work_dir, encoder, source, target)
-    ev = _read_parquet_dir(work_dir / "clean" / "events", ["user_id", "item_id", "domain", "position", "split"])
+    store = _feature_store(work_dir, encoder)
+    catalog, emb_digest = load_catalog(work_dir, encoder, source, target, store=store)
+    columns = ["user_id", "item_id", "domain", "position", "split"] + (["ts_ms"] if store is not None else [])
+    ev = _read_parquet_dir(work_dir / "clean" / "events", columns)
     dropped: dict[str, int] = {}
     other = ~ev["domain"].isin([source, target])
     if other.any():
@@ -187,6 +227,11 @@ def load_adapt_data(
     split_users = load_split(split_path, sorted(users))
     h = hashlib.sha256(emb_digest.encode())
     h.update(pd.util.hash_pandas_object(ev[["user_id", "g", "split"]], index=False).to_numpy().tobytes())
+    event_stats = None
+    if store is not None:
+        from crossrec.features.offline import events_with_item_stats
+
+        event_stats = events_with_item_stats(store, ev[["user_id", "item_id", "domain", "position", "ts_ms"]])
     return AdaptData(
         catalog=catalog,
         users=users,
@@ -196,6 +241,8 @@ def load_adapt_data(
         encoder=encoder,
         fingerprint=h.hexdigest()[:16],
         dropped=dropped,
+        feature_source="feast" if store is not None else "parquet",
+        event_stats=event_stats,
     )
 
 

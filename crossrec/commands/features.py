@@ -29,7 +29,7 @@ def stats(
     try:
         counts = build_feature_tables(
             events or work / "clean" / "events", embeddings or paths["item_embeddings"],
-            {"item_stats": paths["item_stats"], "user_features": paths["user_features"]},
+            {k: paths[k] for k in ("item_stats", "item_stats_daily", "user_features")},
             splits=None if all_splits else ("train",), n_recent=n_recent,
         )
     except (FileNotFoundError, ValueError) as exc:

@@ -1,4 +1,5 @@
-"""Online reads through Feast (what the recommender and the benchmarks use)."""
+"""Online reads through Feast: user features (the API and the client) and item embeddings
+(the end-to-end check of a materialisation, and the benchmarks)."""
 
 from __future__ import annotations
 

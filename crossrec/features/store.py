@@ -61,7 +61,10 @@ def repo_config(settings: Settings) -> RepoConfig:
         project=PROJECT,
         provider="local",
         registry=str(path / "registry.db"),
-        online_store=RedisOnlineStoreConfig(connection_string=redis_connection_string(settings)),
+        online_store=RedisOnlineStoreConfig(
+            connection_string=redis_connection_string(settings),
+            redis_type="redis_cluster" if settings.redis.cluster else "redis",  # the seed node finds the rest
+        ),
         offline_store=DaskOfflineStoreConfig(type="file"),  # "file" = the dask-backed file store
         entity_key_serialization_version=3,
         repo_path=path,
@@ -127,7 +130,8 @@ def materialize(
     store = store or feature_store(settings)
     end = end or datetime.now(timezone.utc)
     paths = definitions_module().feature_paths(Path(settings.work_dir), settings.encoder)
-    wanted = views or list(paths)
+    offline_only = {definitions_module().ITEM_STATS_DAILY}  # training reads it offline; nothing to serve
+    wanted = views or [v for v in paths if v not in offline_only]
     ready = [v for v in wanted if Path(paths.get(v, "")).exists()]
     for v in sorted(set(wanted) - set(ready)):
         console.print(f"[yellow]feast:[/] skipping {v}: offline table {paths.get(v)} not found")

@@ -58,6 +58,36 @@ def item_stats(events: pd.DataFrame, as_of: datetime | None = None) -> pd.DataFr
                   "last_interaction_ts_ms", "recency_days", "event_timestamp"]]
 
 
+def item_stats_daily(events: pd.DataFrame) -> pd.DataFrame:
+    """Per item and day with events: interactions, distinct users and popularity *as of the end of
+    that day*, stamped with the end of the day.
+
+    Why a time series: the nightly ``item_stats`` snapshot counts every event up to tonight, so
+    joined to a training event from months ago it would tell the model how popular the item
+    *became* (a leak). Feast's point-in-time join of this table gives each event the latest row
+    stamped at or before it: the end of an earlier day, so never a count that includes the event
+    itself or anything after it. Popularity is the item's count over the domain's largest count as
+    of the same day.
+    """
+    ev = events[["domain", "item_id", "user_id", "ts_ms"]].sort_values("ts_ms", kind="stable")
+    ev = ev.assign(day=ev["ts_ms"] // DAY_MS, new_user=(~ev.duplicated(["item_id", "user_id"])).astype(np.int64))
+    daily = (
+        ev.groupby(["domain", "item_id", "day"], sort=False, observed=True)
+        .agg(n=("user_id", "size"), nu=("new_user", "sum"), last_interaction_ts_ms=("ts_ms", "max"))
+        .reset_index()
+        .sort_values(["day", "domain", "item_id"], kind="stable")
+    )
+    by_item = daily.groupby(["domain", "item_id"], sort=False, observed=True)
+    daily["interactions"] = by_item["n"].cumsum().astype(np.int64)
+    daily["users"] = by_item["nu"].cumsum().astype(np.int64)
+    domain_max = daily.groupby(["domain", "day"], observed=True)["interactions"].max().groupby(level=0).cummax()
+    keys = pd.MultiIndex.from_arrays([daily["domain"], daily["day"]])
+    daily["popularity"] = (daily["interactions"].to_numpy() / domain_max.reindex(keys).to_numpy()).astype(np.float32)
+    daily["event_timestamp"] = pd.to_datetime((daily["day"] + 1) * DAY_MS, unit="ms", utc=True)
+    daily["last_interaction_ts_ms"] = daily["last_interaction_ts_ms"].astype(np.int64)
+    return daily[["item_id", "domain", "interactions", "users", "popularity", "last_interaction_ts_ms", "event_timestamp"]].reset_index(drop=True)
+
+
 def user_features(
     events: pd.DataFrame,
     embeddings: pd.DataFrame | None = None,
@@ -129,5 +159,10 @@ def build_feature_tables(
     users = user_features(events, emb, n_recent=n_recent, as_of=as_of)
     write_table(stats, out_paths["item_stats"])
     write_table(users, out_paths["user_features"])
-    return {"events": len(events), "item_stats": len(stats), "user_features": len(users),
-            "users_with_vector": int(sum(1 for v in users["user_vector"] if len(v)))}
+    counts = {"events": len(events), "item_stats": len(stats), "user_features": len(users),
+              "users_with_vector": int(sum(1 for v in users["user_vector"] if len(v)))}
+    if "item_stats_daily" in out_paths:
+        daily = item_stats_daily(events)
+        write_table(daily, out_paths["item_stats_daily"])
+        counts["item_stats_daily"] = len(daily)
+    return counts

@@ -360,9 +360,8 @@ class RecsConsumer:
                 continue
             stored.append((item.domain, item.item_id, vector))
             displays.append(ItemDisplay(item.domain, item.item_id, item.title, item.category, item.brand))
+        self.writer.write_items(displays)  # display hashes stamped with updated_at: the nightly merge keeps them
         pipe = self.writer.client.pipeline(transaction=False)
-        for display in displays:
-            pipe.hset(self.schema.item(display.domain, display.item_id), mapping=display.fields())  # type: ignore[arg-type]
         queue_item_vectors(pipe, self.schema, scorer.encoder_version, stored)
         pipe.execute()
         out.items_added += len(stored)
@@ -444,8 +443,10 @@ class RecsConsumer:
                 pipe.lrem(self.schema.history(user), 0, entry)  # type: ignore[arg-type]
         domain = self.settings.target_domain
         version = self.scorer.version
-        for user, items in lists.items():
-            pipe.set(self.schema.recs(domain, user), RecList(items=items, model_version=version, source="stream").to_json())
+        users = list(lists)
+        bodies = self.writer.serve_many(domain, [RecList(items=lists[u], model_version=version, source="stream") for u in users])
+        for user, body in zip(users, bodies):
+            pipe.set(self.schema.recs(domain, user), body)
         pipe.execute()
         out.lists_written += len(lists)
         written_ms = time.time() * 1000.0

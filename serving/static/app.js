@@ -89,6 +89,53 @@ function renderRecs(data) {
   $("recs-empty").hidden = data.items.length > 0;
   const model = data.model_version ? `model ${data.model_version}` : "no model";
   $("recs-meta").textContent = `${model} · ${data.source} · updated ${fmtAge(data.age_s)}`;
+  // Which writer produced this list (batch publish, stream consumer or the popular fallback) and
+  // with which model, beside the model serving now: after a rollback the two may differ.
+  $("recs-source").textContent = data.source;
+  $("recs-model").textContent = data.model_version || "none";
+  $("recs-current").textContent = data.current_model || "none";
+  $("recs-model").classList.toggle("stale", Boolean(data.model_version && data.current_model && data.model_version !== data.current_model));
+  $("recs-origin").hidden = false;
+}
+
+// The user's fresh features as Feast's online store holds them (pushed by the stream).
+function renderFeatures(f) {
+  const body = $("features").querySelector("tbody");
+  body.replaceChildren();
+  const note = $("features-note");
+  if (!f.found) {
+    note.textContent = "No features stored for this user.";
+    note.hidden = false;
+    return;
+  }
+  note.hidden = true;
+  const recent = (f.recent_items || []).map((id, i) => `${id} (${(f.recent_domains || [])[i] || "?"})`);
+  const rowsOut = [
+    ["events", f.n_events],
+    ["last event", f.last_event_ts_ms === null ? "–" : fmtTime(f.last_event_ts_ms / 1000)],
+    ["recent items", recent.slice(0, 5).join(", ") + (recent.length > 5 ? ` … (${recent.length})` : "")],
+    ["user vector", f.user_vector ? `${f.user_vector.length} dims` : "–"],
+  ];
+  for (const [name, value] of rowsOut) {
+    const tr = el("tr", {}, [el("th", { text: name }), el("td", { text: value })]);
+    tr.dataset.feature = name;
+    body.appendChild(tr);
+  }
+}
+
+async function loadFeatures(user) {
+  const table = $("features");
+  table.dataset.state = "loading";
+  try {
+    renderFeatures(await getJSON(`/users/${encodeURIComponent(user)}/features`));
+    table.dataset.state = "ready";
+  } catch (err) {
+    // Features are extra: their failure is shown in their panel, the lists stay usable.
+    $("features").querySelector("tbody").replaceChildren();
+    $("features-note").textContent = `features unavailable: ${err.message}`;
+    $("features-note").hidden = false;
+    table.dataset.state = "error";
+  }
 }
 
 // Highlight the history items that explain at least one recommendation, with how many.
@@ -132,6 +179,7 @@ async function show(event) {
     renderHistory(hist);
     renderRecs(recs);
     markExplaining(recs);
+    loadFeatures(user);  // not awaited: Feast's first read may take seconds
     const params = new URLSearchParams({ domain, user, k });
     history.replaceState(null, "", `?${params}`);
     document.body.dataset.state = "ready";
