@@ -147,7 +147,7 @@ return 1
 """
 
 
-class _Scripts:
+class LuaScripts:
     """Lua scripts run by SHA inside pipelines, on a single Redis or a cluster alike.
 
     ``register_script`` cannot load scripts for a cluster pipeline, so the SHAs are loaded up
@@ -158,12 +158,13 @@ class _Scripts:
     SOURCES = {"push_history": _PUSH_HISTORY, "replace_history": _REPLACE_HISTORY, "merge_list": _MERGE_LIST,
                "set_if_head": _SET_IF_HEAD, "merge_item": _MERGE_ITEM}
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, extra: dict[str, str] | None = None) -> None:
         self.client = client
+        self.sources = {**self.SOURCES, **(extra or {})}
         self.sha: dict[str, str] = {}
 
     def load(self) -> None:
-        for name, src in self.SOURCES.items():
+        for name, src in self.sources.items():
             sha = self.client.script_load(src)
             if isinstance(sha, dict):  # some cluster clients answer per node
                 sha = next(iter(sha.values()))
@@ -266,7 +267,7 @@ class RecWriter:
         self.batch_size = batch_size
         self.domains = tuple(domains)
         self.display = _DisplayRows()
-        self.scripts = _Scripts(client)
+        self.scripts = LuaScripts(client)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> RecWriter:

@@ -1,9 +1,8 @@
 """The Redis contract on a real 3-node Redis Cluster, started and stopped by the fixture.
 
 Every per-user key carries the user's hash tag, so the publisher's merge scripts, the history
-scripts, the pipelines and the client's reads run unchanged on a cluster. The consumer's own
-event-apply script (crossrec/streaming, being rewritten with per-user dedupe keys) is exercised
-here through what it writes: RecWriter's history push and list writes.
+scripts, the pipelines and the client's reads run unchanged on a cluster, and so does the real
+consumer (its event-apply script touches one user's history and dedupe set, one slot).
 """
 
 from __future__ import annotations
@@ -171,3 +170,51 @@ def test_publish_merges_on_the_cluster(cluster_settings: Settings, trained: Path
         got = reader.get("U0001", "office", 5)
         assert len(got.items) == 5 and all(r.title for r in got.items) and got.current_model == first.model_version
     client.close()
+
+
+def test_the_consumer_applies_and_dedupes_events_on_the_cluster(
+    cluster_settings: Settings, services_settings: Settings, trained: Path  # noqa: F811
+) -> None:
+    """The real consumer against the cluster: its apply script (history + dedupe set of one user,
+    one slot), the scoring and the list writes run unchanged; a replayed batch changes nothing."""
+    import json
+
+    from kafka import KafkaProducer
+    from streaming_support import isolated_settings
+
+    from crossrec.streaming.consumer import RecsConsumer
+    from crossrec.streaming.scoring import load_scorer
+
+    kafka = isolated_settings(services_settings).kafka
+    settings = cluster_settings.model_copy(update={"work_dir": trained, "kafka": kafka, "top_k": 5})
+    publish(settings, trained / "clean")  # catalogue hashes, lists and the pointer on the cluster
+    users = [f"C{i:03d}" for i in range(12)]  # spread over the three nodes
+    events = [
+        {"user_id": u, "domain": "office", "item_id": f"office-{n % 30:03d}", "event_type": "purchase",
+         "ts": 1_900_000_000_000 + n, "event_id": f"e-{u}-{n}", "schema_version": 1}
+        for n, u in enumerate(users * 2)
+    ]
+    producer = KafkaProducer(**settings.kafka.client_kwargs())
+    for event in events + events[:6]:  # the first six again: a replay the dedupe set must absorb
+        producer.send(settings.kafka.events_topic, key=event["user_id"].encode(), value=json.dumps(event).encode())
+    producer.flush()
+    producer.close()
+
+    consumer = RecsConsumer(settings, lambda: load_scorer(settings), poll_timeout_ms=200)
+    try:
+        stats = consumer.run(max_events=len(events) + 6, max_seconds=90)
+    finally:
+        consumer.close()
+    assert stats.applied == len(events) and stats.duplicates == 6 and not stats.dead_lettered
+    schema = KeySchema(settings.key_prefix)
+    client = redis_client(settings)
+    try:
+        for user in users:
+            mine = [e["item_id"] for e in events if e["user_id"] == user]
+            streamed = [json.loads(r)["item_id"] for r in client.lrange(schema.history(user), 0, 1)]
+            assert streamed == mine[::-1]  # newest first, each event once
+            assert client.zcard(schema.dedupe(user)) == 2
+            recs = RecList.from_json(client.get(schema.recs("office", user)))
+            assert recs.source == "stream" and recs.items and not set(mine) & {i.item_id for i in recs.items}
+    finally:
+        client.close()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import redis
 
 from crossrec.keys import HistoryEvent, KeySchema
+from crossrec.publish import LuaScripts
 
 APPLIED, DUPLICATE, OUTSIDE_WINDOW = 1, 0, 2
 
@@ -65,7 +66,8 @@ class HistoryApplier:
         self.schema = schema
         self.history_cap = history_cap
         self.dedupe_window = dedupe_window
-        self._script = client.register_script(_APPLY_EVENT_LUA)
+        # Run by SHA through the writer's script runner, so the same pipeline works on a cluster.
+        self._scripts = LuaScripts(client, {"apply_event": _APPLY_EVENT_LUA})
 
     def apply(self, events: Sequence[PendingEvent]) -> list[int]:
         """One outcome per event, in order: ``APPLIED``, ``DUPLICATE`` or ``OUTSIDE_WINDOW``.
@@ -75,14 +77,12 @@ class HistoryApplier:
         """
         if not events:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for ev in events:
-            self._script(
-                keys=[self.schema.dedupe(ev.user_id), self.schema.history(ev.user_id)],
-                args=[ev.event_id, ev.ts_ms, ev.entry.to_json(), self.history_cap, self.dedupe_window],
-                client=pipe,
-            )
-        return [int(r) for r in pipe.execute()]
+        calls = [
+            ("apply_event", [self.schema.dedupe(ev.user_id), self.schema.history(ev.user_id)],
+             [ev.event_id, ev.ts_ms, ev.entry.to_json(), self.history_cap, self.dedupe_window])
+            for ev in events
+        ]
+        return [int(r) for r in self._scripts.run(calls, len(calls))]
 
     def read_histories(self, users: Sequence[str]) -> list[list[bytes]]:
         """Raw newest-first history entries of each user, one round trip."""
