@@ -141,7 +141,7 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    data_dir: Path = Path("../shared/data/amazon-art-office")
+    data_dir: Path = Path("data/amazon-art-office")  # shipped in the repo (see data/amazon-art-office/README.md)
     work_dir: Path = Path("var")
     source_domain: str = "art"
     target_domain: str = "office"
