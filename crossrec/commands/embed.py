@@ -17,13 +17,16 @@ def embed(
         None, "--batch-size", min=1, help="Cap on texts per forward batch (default: the encoder's token budget)."
     ),
     rows_per_partition: int = typer.Option(4096, "--rows-per-partition", min=1, help="Items per Spark task."),
+    local_max_items: int | None = typer.Option(
+        None, "--local-max-items", min=0, help="Largest delta embedded in the driver (default 2000; 0 = always Spark)."
+    ),
 ) -> None:
     """Embed each item's text with the chosen encoder; only new or changed items are computed."""
     from crossrec.embedding.cli_run import run_embed
 
     stats = run_embed(
         input=input, output=output, encoder=encoder, dtype=dtype, full=full,
-        batch_size=batch_size, rows_per_partition=rows_per_partition,
+        batch_size=batch_size, rows_per_partition=rows_per_partition, local_max_items=local_max_items,
     )
     if stats is None:
         raise typer.Exit(1)

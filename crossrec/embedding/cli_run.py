@@ -20,6 +20,7 @@ def run_embed(
     full: bool = False,
     batch_size: int | None = None,
     rows_per_partition: int = 4096,
+    local_max_items: int | None = None,
     settings: Settings | None = None,
 ) -> EmbedStats | None:
     """Run the job with settings defaults; prints a summary table. None (and a message) on bad input."""
@@ -41,6 +42,7 @@ def run_embed(
         stats = embed_items(
             start_spark, input, output, encoder, dtype=dtype, cache_dir=work / "cache" / "models",
             batch_size=batch_size, rows_per_partition=rows_per_partition, full=full,
+            **({} if local_max_items is None else {"local_max_items": local_max_items}),
         )
     except ValueError as exc:
         err_console.print(f"[red]error:[/] {exc}")
