@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--encoder", choices=["minilm", "smollm2"], default=None)
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "auto"], default="fp32")
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--batch-size", type=int, default=None, help="cap on texts per forward batch")
     parser.add_argument("--rows-per-partition", type=int, default=4096, help="items per Spark task")
