@@ -61,7 +61,9 @@ class LocalService:
     argv: list[str]
     probe: Callable[[], bool]
     exe: str | None = None  # the executable the process ends up running, if argv[0] execs another
-    marker: str | None = None  # a word its command line must hold (several services share one exe)
+    # words one of which its command line must hold (several services share one exe; some, like
+    # Airflow's, rewrite their process title, hence alternatives)
+    marker: str | tuple[str, ...] | None = None
     env: dict[str, str] | None = None  # extra environment of the process
 
     @property
@@ -86,8 +88,11 @@ class LocalService:
             return None
         if running != os.path.realpath(self.exe or self.argv[0]):
             return None
-        if self.marker is not None and self.marker not in _cmdline(pid):
-            return None
+        if self.marker is not None:
+            cmdline = _cmdline(pid)
+            markers = (self.marker,) if isinstance(self.marker, str) else self.marker
+            if not any(m in cmdline for m in markers):
+                return None
         if _is_zombie(pid):
             return None
         return pid

@@ -55,7 +55,7 @@ def weekly_strategy_review() -> None:
         from crossrec.nightly.strategy import record_winner as record
 
         settings = get_settings()
-        result = record(settings, ds, nightly_root(settings) / "weekly" / ds / "metrics.json")
+        result = record(settings, ds, nightly_root(settings) / "weekly" / ds / "results.json")
         print(f"weekly review {ds}: winner {result['winner']} (validation NDCG@10 {result['valid_ndcg10']})")
         for name, ms in result["test"].items():
             print(f"test {name}: " + ", ".join(f"{m}={v:.4f}" for m, v in ms.items()))

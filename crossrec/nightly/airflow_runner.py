@@ -103,12 +103,12 @@ def airflow_services(settings: Settings) -> list[LocalService]:
     base = f"http://{cfg.airflow_host}:{cfg.airflow_port}"
     api = LocalService(
         "airflow-api-server", cfg.airflow_host, cfg.airflow_port, run_dir,
-        [airflow_bin(), "api-server", "--port", str(cfg.airflow_port), "--hostname", cfg.airflow_host, "--workers", "1"],
-        probe=lambda: _http_ok(f"{base}/api/v2/monitor/health"), exe=exe, marker="airflow api-server", env=env,
+        [airflow_bin(), "api-server", "--port", str(cfg.airflow_port), "--host", cfg.airflow_host, "--workers", "1"],
+        probe=lambda: _http_ok(f"{base}/api/v2/monitor/health"), exe=exe, marker=("airflow api-server", "airflow api_server"), env=env,
     )
     processor = LocalService(
         "airflow-dag-processor", cfg.airflow_host, None, run_dir, [airflow_bin(), "dag-processor"],
-        probe=lambda: True, exe=exe, marker="airflow dag-processor", env=env,
+        probe=lambda: True, exe=exe, marker=("airflow dag-processor", "airflow dag_processor", "airflow dag-processor"), env=env,
     )
     scheduler = LocalService(
         "airflow-scheduler", cfg.airflow_host, cfg.scheduler_health_port, run_dir, [airflow_bin(), "scheduler"],
@@ -128,9 +128,32 @@ def migrate_db(settings: Settings) -> None:
         raise ServiceError("airflow db migrate failed:\n" + (done.stdout + done.stderr)[-3000:])
 
 
+def _task_env_fingerprint(settings: Settings) -> str:
+    """A digest of what the tasks will see: Airflow's env plus every CROSSREC_* variable of the
+    caller (a digest, since those may hold secrets)."""
+    import hashlib
+
+    env = {k: v for k, v in os.environ.items() if k.startswith("CROSSREC_")}
+    env.update(airflow_env(settings))
+    return hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()
+
+
 def airflow_up(settings: Settings, timeout_s: float = 180.0) -> list[ServiceStatus]:
+    """Start the components (no-op for those of ours that run); refuse to reuse running ones
+    that were started with other settings, since their tasks would run with those."""
+    services = airflow_services(settings)
+    record = settings.services.run_dir.resolve() / "airflow-env.sha256"
+    wanted = _task_env_fingerprint(settings)
+    running = [svc.name for svc in services if svc.owned_pid() is not None]
+    if running and record.is_file() and record.read_text().strip() != wanted:
+        raise ServiceError(
+            f"{', '.join(running)} already run with other crossrec settings (tasks would use those); "
+            "stop them first: crossrec nightly airflow down"
+        )
     migrate_db(settings)
-    return [svc.start(timeout_s) for svc in airflow_services(settings)]
+    statuses = [svc.start(timeout_s) for svc in services]
+    record.write_text(wanted)
+    return statuses
 
 
 def airflow_down(settings: Settings) -> list[tuple[str, bool]]:

@@ -105,7 +105,7 @@ def decide_for_run(settings: Settings, ds: str) -> Decision:
     registry = ModelRegistry(settings.work_dir / "registry")
     candidate = _model_info(registry, registry.find_run(nightly_run_key(ds)))
     current = _model_info(registry, registry.current())
-    metrics = read_json(run_dir(settings, ds) / "adapt" / "metrics.json") or {}
+    metrics = read_json(run_dir(settings, ds) / "adapt" / "results.json") or {}
     valid = {n: float(v["mean"]) for n, v in metrics.get("valid_ndcg10", {}).items()}
     decision = decide(candidate, current, settings.nightly.promote_margin, valid)
     write_json(run_dir(settings, ds) / "decision.json", decision.to_dict() | {"ds": ds, "valid_ndcg10": valid})

@@ -2,7 +2,7 @@
 
 Layout under ``{work_dir}/nightly/``::
 
-    runs/{ds}/          one logical date: dq.json, times.json, adapt/ (metrics.json, report.html),
+    runs/{ds}/          one logical date: dq.json, times.json, adapt/ (metrics.json, results.json, report.html),
                         decision.json, summary.json; a retry of that date rewrites the same files
     last_good.json      the cleaned-data counts of the newest run that finished (the DQ baseline)
     weekly/{ds}/        the weekly strategy review's adapt output

@@ -49,7 +49,7 @@ def pick_winner(metrics: dict[str, Any]) -> tuple[str, dict[str, float]]:
 
 
 def record_winner(settings: Settings, ds: str, metrics_file: Path) -> dict[str, Any]:
-    """Read the review's metrics.json, write winner.json (the nightly reads it), return the record."""
+    """Read the review's results.json, write winner.json (the nightly reads it), return the record."""
     metrics = read_json(metrics_file)
     if metrics is None:
         raise FileNotFoundError(f"no review metrics at {metrics_file}")
