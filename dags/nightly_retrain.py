@@ -10,7 +10,8 @@ Redis, Spark master, thresholds) comes from crossrec's settings on the worker.
 
 * The data-quality gate fails the run, with its reasons, before any model work.
 * `train_candidates` trains the configured strategy (by default the last weekly review's winner)
-  and the target-only retrain, and registers the better one without promoting it.
+  and the target-only retrain, and registers the better one without promoting it (or reuses an
+  earlier night's candidate when the training data and configuration are unchanged).
 * `choose_model` compares it with the current model from the recorded numbers and picks a branch;
   only the chosen promotion runs. `publish_recs` then refreshes every user's list with whichever
   model is current, so histories stay fresh on nights the model is kept.
@@ -103,18 +104,11 @@ def nightly_retrain() -> None:
         return timed("materialize_features", f"sh -c {shlex.quote(steps)}")
 
     @task.bash(retries=1)
-    def train_candidates(ds: str | None = None) -> str:
+    def train_candidates() -> str:
         """torch: train the configured strategy and the target-only retrain, evaluate both, register
-        the better on validation under the run key (no promotion: the branch decides)."""
-        from crossrec.nightly.state import nightly_run_key, run_dir
-        from crossrec.nightly.strategy import nightly_candidates
-
-        settings = get_settings()
-        out = shlex.quote(str(run_dir(settings, ds) / "adapt"))
-        args = " ".join(shlex.quote(a) for a in settings.nightly.adapt_args)
-        command = (f"{CROSSREC} adapt --strategies {','.join(nightly_candidates(settings))} --fractions '' "
-                   f"--fraction-strategies '' --no-promote --run-key {nightly_run_key(ds)} --output {out} {args}")
-        return timed("train_candidates", command)
+        the better on validation under the run key (no promotion: the branch decides); an earlier
+        night's candidate is reused when the data and the configuration are unchanged."""
+        return timed("train_candidates", f"{CROSSREC} nightly train --ds {{{{ ds }}}}")
 
     @task.branch
     def choose_model(ds: str | None = None) -> str:

@@ -3,6 +3,7 @@
     crossrec nightly run [--date 2026-01-01] [--weekly]   # api-server + scheduler + dag-processor
     crossrec nightly run --dags-test                       # `airflow dags test`: one process, quick
     crossrec nightly airflow up|down|status                # the Airflow components by hand
+    crossrec nightly train --ds D                          # the DAG's train_candidates step
     crossrec nightly timed --ds D --task T -- CMD ...      # what DAG tasks use to record their time
 """
 
@@ -112,6 +113,20 @@ def timed(
     seconds = time.monotonic() - started
     record_time(get_settings(), ds, task, seconds)
     console.print(f"{task} ({ds}): exit {code} in {seconds:.1f}s")
+    raise typer.Exit(code)
+
+
+@nightly_app.command("train")
+def train(ds: str = typer.Option(..., "--ds", help="The run's logical date.")) -> None:
+    """Train tonight's candidates with `crossrec adapt` (or reuse an earlier night's if the data and
+    configuration are unchanged); registers under the run key nightly-{ds}, promotes nothing."""
+    from crossrec.nightly.train import train_candidates
+
+    try:
+        code = train_candidates(get_settings(), ds, say=console.print)
+    except (FileNotFoundError, ValueError) as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
     raise typer.Exit(code)
 
 

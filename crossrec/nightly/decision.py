@@ -2,7 +2,8 @@
 
 Tonight's candidates (the configured strategy and the target-only retrain) were trained and
 evaluated by ``crossrec adapt --no-promote --run-key nightly-{ds}``, which registered the better
-of them on validation NDCG@10 ("does transfer pay tonight?"). This module compares that model
+of them on validation NDCG@10 ("does transfer pay tonight?"), or an earlier night's candidate was
+reused because nothing changed (:mod:`crossrec.nightly.train`). This module compares that model
 with the current one and names the branch to take:
 
 * ``promote_transfer``: the candidate is a transfer model and beats the current one,
@@ -103,7 +104,9 @@ def decide_for_run(settings: Settings, ds: str) -> Decision:
     from crossrec.registry import ModelRegistry
 
     registry = ModelRegistry(settings.work_dir / "registry")
-    candidate = _model_info(registry, registry.find_run(nightly_run_key(ds)))
+    # tonight's model, or the earlier one reused because data and configuration were unchanged
+    trained = (read_json(run_dir(settings, ds) / "candidates.json") or {}).get("version")
+    candidate = _model_info(registry, registry.find_run(nightly_run_key(ds)) or trained)
     current = _model_info(registry, registry.current())
     metrics = read_json(run_dir(settings, ds) / "adapt" / "results.json") or {}
     valid = {n: float(v["mean"]) for n, v in metrics.get("valid_ndcg10", {}).items()}

@@ -22,6 +22,7 @@ def build_summary(settings: Settings, ds: str, branch: str | None = None) -> dic
     metrics = read_json(folder / "adapt" / "results.json") or {}
     embed = read_json(folder / "embed.json") or {}
     times = read_json(folder / "times.json") or {}
+    candidates = read_json(folder / "candidates.json") or {}
     strategy, source = nightly_strategy(settings)
     from crossrec.registry import ModelRegistry
 
@@ -33,6 +34,8 @@ def build_summary(settings: Settings, ds: str, branch: str | None = None) -> dic
         "candidate": decision.get("candidate"),
         "candidate_strategy": decision.get("candidate_strategy"),
         "transfer_pays": decision.get("transfer_pays"),
+        "candidate_reused_from": candidates.get("reused_from"),
+        "data_fingerprint": candidates.get("fingerprint"),
         "current_model": registry.current(),
         "strategy": strategy,
         "strategy_from": source,

@@ -107,10 +107,32 @@ def test_every_bash_task_runs_an_existing_crossrec_command(dagbag, tmp_path, mon
                         assert part[2] in group.commands, f"{task.task_id}: no `crossrec {part[1]} {part[2]}`"
     finally:
         get_settings.cache_clear()
-    assert {"nightly timed", "clean", "embed --dtype", "features stats", "features materialize", "adapt --strategies", "publish"} <= called
-    assert "--run-key nightly-2026-01-02" in seen["train_candidates"] and "--no-promote" in seen["train_candidates"]
-    assert "--run-key weekly-2026-01-02" in seen["full_comparison"]
-    assert "--fractions ''" in seen["train_candidates"] and "--strategies all" in seen["full_comparison"]
+    assert {"nightly timed", "clean", "embed --dtype", "features stats", "features materialize", "nightly train", "publish"} <= called
+    assert "nightly train --ds {{ ds }}" in seen["train_candidates"]  # rendered by Airflow per run
+    assert "--run-key weekly-2026-01-02" in seen["full_comparison"] and "--no-promote" in seen["full_comparison"]
+    assert "--strategies all" in seen["full_comparison"]
+
+
+def test_nightly_adapt_call_carries_the_run_key_and_no_promotion(tmp_path) -> None:
+    """What `crossrec nightly train` runs: tonight's candidates only, no curve, no promotion, the key."""
+    from typer.main import get_command
+
+    from conftest import make_settings
+
+    from crossrec.cli import app
+    from crossrec.nightly.train import adapt_argv, training_config
+
+    settings = make_settings(tmp_path, nightly={"strategy": "zero_shot", "adapt_args": ["--max-epochs", "3"]})
+    argv = adapt_argv(settings, "2026-01-02")
+    assert Path(argv[0]).name == "crossrec" and argv[1] == "adapt"
+    assert argv[argv.index("--strategies") + 1] == "zero_shot,target_only"
+    assert argv[argv.index("--run-key") + 1] == "nightly-2026-01-02" and "--no-promote" in argv
+    assert argv[argv.index("--fractions") + 1] == "" and argv[-2:] == ["--max-epochs", "3"]
+    params = {p.name for p in get_command(app).commands["adapt"].params}
+    assert {"strategies", "fractions", "fraction_strategies", "promote", "run_key", "output", "max_epochs"} <= params
+    # the reuse check compares what decides the model, not the date-specific key or output dir
+    assert training_config(argv) == training_config(adapt_argv(settings, "2026-01-03"))
+    assert "nightly-2026-01-02" not in training_config(argv)
 
 
 def _crossrec_calls(command: str) -> list[list[str]]:
