@@ -8,7 +8,8 @@ with the current one and names the branch to take:
 
 * ``promote_transfer``: the candidate is a transfer model and beats the current one,
 * ``promote_retrained``: the candidate is the target-only retrain and beats the current one,
-* ``keep_current``: no candidate, or it does not beat the current model by the margin.
+* ``keep_current``: no candidate, the candidate already is the current model (a re-run of the
+  date, a warm night), or it does not beat the current model by the margin.
 
 The current model's number is its recorded validation NDCG@10 (from its manifest).
 """
@@ -69,7 +70,10 @@ def decide(
         base.reason = f"no current model: promoting the {kind} {candidate['version']}{pays_text}"
         return base
     if current["version"] == candidate["version"]:
-        base.reason = f"{candidate['version']} ({kind}) is already the current model (a re-run of this date)"
+        # a re-run of this date, or a warm night reusing the serving model: nothing new to promote
+        # (and no "promoted model" asset event for DAGs that schedule on it)
+        base.action = KEEP_CURRENT
+        base.reason = f"{candidate['version']} ({kind}) is already the current model; nothing new to promote"
         return base
     cur_metric = current.get("metric")
     if cur_metric is None or base.candidate_metric > float(cur_metric) + margin:

@@ -90,7 +90,7 @@ CUR = {"version": "v0001", "strategy": "target_only", "metric": 0.050}
         (CAND_R, {**CUR, "metric": 0.06}, 0.0, dec.KEEP_CURRENT),  # a tie keeps the serving model
         (CAND_T, None, 0.0, dec.PROMOTE_TRANSFER),  # first model ever
         (None, CUR, 0.0, dec.KEEP_CURRENT),  # nothing registered tonight
-        ({**CAND_R, "version": "v0001"}, CUR, 0.0, dec.PROMOTE_RETRAINED),  # a re-run: already current
+        ({**CAND_R, "version": "v0001"}, CUR, 0.0, dec.KEEP_CURRENT),  # a re-run / warm night: already current
     ],
 )
 def test_branch_decision(candidate, current, margin, action) -> None:
