@@ -248,7 +248,8 @@ def run_dag(
     run_id = f"crossrec__{ds}"
     started = time.monotonic()
     api.trigger(dag_id, run_id, f"{ds}T00:00:00Z")
-    state, seen = "queued", {}
+    state = "queued"
+    seen: dict[str, str | None] = {}
     while True:
         state = api.run_state(dag_id, run_id)
         tasks = api.task_states(dag_id, run_id)

@@ -62,7 +62,8 @@ def decide(
     if strategy not in (TARGET_ONLY, *TRANSFER):
         raise ValueError(f"candidate {candidate.get('version')} has strategy {strategy!r}, which the nightly cannot serve")
     promote = PROMOTE_RETRAINED if strategy == TARGET_ONLY else PROMOTE_TRANSFER
-    base = Decision(promote, "", candidate["version"], strategy, float(candidate["metric"]),
+    cand_metric = float(candidate["metric"])
+    base = Decision(promote, "", candidate["version"], strategy, cand_metric,
                     (current or {}).get("version"), (current or {}).get("metric"), margin, pays)
     kind = "target-only retrain" if strategy == TARGET_ONLY else f"transfer model ({strategy})"
     pays_text = "" if pays is None else (" (transfer pays tonight)" if pays else " (transfer does not pay tonight)")
@@ -76,14 +77,14 @@ def decide(
         base.reason = f"{candidate['version']} ({kind}) is already the current model; nothing new to promote"
         return base
     cur_metric = current.get("metric")
-    if cur_metric is None or base.candidate_metric > float(cur_metric) + margin:
+    if cur_metric is None or cand_metric > float(cur_metric) + margin:
         shown = "unknown" if cur_metric is None else f"{float(cur_metric):.4f}"
         base.reason = (f"promoting the {kind} {candidate['version']}{pays_text}: validation {METRIC} "
-                       f"{base.candidate_metric:.4f} > current {current['version']} {shown} + margin {margin:g}")
+                       f"{cand_metric:.4f} > current {current['version']} {shown} + margin {margin:g}")
         return base
     base.action = KEEP_CURRENT
     base.reason = (f"keeping {current['version']}: the {kind} {candidate['version']}{pays_text} has validation "
-                   f"{METRIC} {base.candidate_metric:.4f}, not above {float(cur_metric):.4f} + margin {margin:g}")
+                   f"{METRIC} {cand_metric:.4f}, not above {float(cur_metric):.4f} + margin {margin:g}")
     return base
 
 
