@@ -40,7 +40,7 @@ def reference_seconds(reps: int = 40) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--input", type=Path, default=Path("var"))
-    ap.add_argument("--split", type=Path, default=Path("../shared/data/amazon-art-office/users_split.json"))
+    ap.add_argument("--split", type=Path, default=Path("data/amazon-art-office/users_split.json"))
     ap.add_argument("--encoder", default="minilm")
     ap.add_argument("--quick", action="store_true", help="synthetic fixture instead of the shared data")
     ap.add_argument("--fractions", default="0.05,0.1,0.25,0.5,1.0")

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA = REPO_ROOT.parent / "shared" / "data" / "amazon-art-office"
+DATA = REPO_ROOT / "data" / "amazon-art-office"
 USER_K = 10
 VARIANT_ENV = "BENCH_SERVING_VARIANT"  # not CROSSREC_*: it configures this benchmark's factory only
 BASELINES = ("router", "floor")  # variants that are not the production app (see the docstring)

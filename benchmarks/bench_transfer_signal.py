@@ -55,7 +55,7 @@ def text_cosine(data: AdaptData, ev: EvalSet, dom: int, last: int | None) -> np.
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--input", type=Path, default=Path("var"))
-    ap.add_argument("--split", type=Path, default=Path("../shared/data/amazon-art-office/users_split.json"))
+    ap.add_argument("--split", type=Path, default=Path("data/amazon-art-office/users_split.json"))
     ap.add_argument("--encoder", default="minilm")
     args = ap.parse_args()
     t0 = time.perf_counter()

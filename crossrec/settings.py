@@ -98,9 +98,57 @@ class KafkaSettings(BaseModel):
 
 
 class SparkSettings(BaseModel):
+    """Where batch jobs run. ``master`` is ``local[2]`` (embedded) or ``spark://host:port``.
+
+    ``standalone`` makes ``crossrec services up`` also start a Spark standalone master and one
+    worker from the pyspark distribution on ``standalone_host``; ``master`` must then point at it
+    (``spark://127.0.0.1:{master_port}``) for jobs to use it. ``driver_host``/``bind_address`` are
+    what executors use to reach the driver: loopback on one machine, the container's name and
+    ``0.0.0.0`` in docker-compose.
+    """
+
     master: str = "local[2]"
     driver_memory: str = "6g"
     shuffle_partitions: int = 4
+    driver_host: str = "127.0.0.1"
+    bind_address: str = "127.0.0.1"
+    standalone: bool = False
+    standalone_host: str = "127.0.0.1"
+    master_port: int = 7077
+    master_ui_port: int = 8090
+    worker_port: int = 7078
+    worker_ui_port: int = 8091
+    worker_cores: int = Field(default=2, ge=1)
+    worker_memory: str = "4g"
+    executor_memory: str = "2g"
+
+    @property
+    def standalone_url(self) -> str:
+        return f"spark://{self.standalone_host}:{self.master_port}"
+
+
+class NightlySettings(BaseModel):
+    """The nightly DAG: data-quality thresholds, the strategy it retrains, alerts, its Airflow.
+
+    The data-quality gate fails a run before any model work when the share of quarantined events
+    passes ``max_quarantine_rate``, kept events drop by more than ``max_event_drop`` against the
+    last good run, or a domain that had events in the last good run has none.
+    """
+
+    schedule: str | None = "0 2 * * *"  # None: triggered only (what `crossrec nightly` sets)
+    strategy: str = "auto"  # a strategy name, or auto = the winner recorded by the weekly review
+    fallback_strategy: str = "pretrain_finetune_adaptor"  # auto before any review has run
+    promote_margin: float = Field(default=0.0, ge=0.0)
+    max_quarantine_rate: float = Field(default=0.2, ge=0.0, le=1.0)
+    max_event_drop: float = Field(default=0.5, ge=0.0, le=1.0)
+    embed_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    adapt_args: list[str] = Field(default_factory=list)  # extra `crossrec adapt` flags (e.g. fewer epochs)
+    alert_url: SecretStr | None = None  # POSTed one JSON line when a task fails (may carry a token)
+    dagrun_timeout_min: int = Field(default=180, ge=1)
+    airflow_host: str = "127.0.0.1"
+    airflow_port: int = 8080  # api-server of the Airflow that `crossrec nightly` starts
+    scheduler_health_port: int = 8974
+    run_timeout_s: float = Field(default=3600.0, gt=0)
 
 
 class CleanSettings(BaseModel):
@@ -174,7 +222,7 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    data_dir: Path = Path("../shared/data/amazon-art-office")
+    data_dir: Path = Path("data/amazon-art-office")  # shipped in the repo (see data/amazon-art-office/README.md)
     work_dir: Path = Path("var")
     source_domain: str = "art"
     target_domain: str = "office"
@@ -191,6 +239,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     clean: CleanSettings = Field(default_factory=CleanSettings)
+    nightly: NightlySettings = Field(default_factory=NightlySettings)
 
     @field_validator("key_prefix")
     @classmethod
@@ -219,7 +268,7 @@ class Settings(BaseSettings):
         """A JSON-ready view with every secret (and any password in a URL) masked."""
         data = self.model_dump(mode="json")
         data["redis"]["url"] = mask_url_password(self.redis.url)
-        for section, key in (("redis", "password"), ("kafka", "sasl_password")):
+        for section, key in (("redis", "password"), ("kafka", "sasl_password"), ("nightly", "alert_url")):
             if data[section][key] is not None:
                 data[section][key] = MASK
         return data

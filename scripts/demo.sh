@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up (idempotent) and run the main job end to end on the embedded defaults:
-# local services, nightly pipeline on the shared Art-Office data, streaming, report.
+# local services, the nightly DAG under a real Airflow scheduler on the Art-Office sample shipped in
+# data/amazon-art-office, streaming, report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

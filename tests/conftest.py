@@ -22,7 +22,7 @@ from crossrec.settings import Settings
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "amazon-art-office"
+SHARED_DATA = REPO_ROOT / "data" / "amazon-art-office"  # the sample shipped with the repo
 
 
 def free_port() -> int:

@@ -292,3 +292,32 @@ def test_cli_embeds_a_small_catalogue_without_starting_spark(tmp_path, monkeypat
     assert "│ embedded on" in first.output and "driver" in first.output
     assert len(read_out(output_dir_for(tmp_path / "emb", "minilm"))) == len(catalogue())
     assert again.exit_code == 0 and "none" in again.output
+
+
+def test_cli_dtype_auto_records_the_effective_dtype(tmp_path, monkeypatch):
+    """`crossrec embed --dtype auto`: the probe's choice is the dtype in the encoder version of every
+    row and in the stats file the nightly summary reads; a second run reuses the cached probe."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from crossrec.cli import app
+    from crossrec.settings import get_settings
+
+    monkeypatch.setenv("CROSSREC_WORK_DIR", str(tmp_path))
+    items = write_items(catalogue(), tmp_path / "items")
+    get_settings.cache_clear()
+    try:
+        args = ["embed", "--input", str(items), "--output", str(tmp_path / "emb"), "--dtype", "auto"]
+        first = CliRunner().invoke(app, [*args, "--stats-file", str(tmp_path / "s1.json")])
+        again = CliRunner().invoke(app, [*args, "--stats-file", str(tmp_path / "s2.json")])
+    finally:
+        get_settings.cache_clear()
+    assert first.exit_code == 0, first.output
+    stats = json.loads((tmp_path / "s1.json").read_text())
+    assert stats["dtype"] in ("fp32", "bf16") and stats["dtype_requested"] == "auto"
+    out = read_out(output_dir_for(tmp_path / "emb", "minilm"))
+    assert (out["encoder_version"].str.endswith("/" + stats["dtype"])).all()
+    assert stats["encoder_version"].endswith("/" + stats["dtype"]) and stats["embedded"] == len(catalogue())
+    second = json.loads((tmp_path / "s2.json").read_text())
+    assert "cached probe" in second["dtype_reason"] and second["dtype"] == stats["dtype"] and second["embedded"] == 0

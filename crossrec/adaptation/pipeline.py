@@ -49,6 +49,7 @@ class AdaptOptions:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     threads: int = 2
+    run_key: str | None = None  # e.g. "nightly-2026-01-01": recorded in the manifest (one model per key)
 
 
 def _peak_rss_mb() -> float:
@@ -191,6 +192,7 @@ def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep:
         "seed": opts.seeds[0],
         "train_config": asdict(opts.train),
         "model_config": opts.model.to_dict(),
+        "run_key": opts.run_key,
     }
 
     def write(tmp: Path) -> None:

@@ -38,6 +38,7 @@ def adapt(
     item_tower: str = typer.Option("text+id", help="item side: text (adaptor only) | text+id (adds learned ID offsets; new items still text-only)"),
     transfer_view: str = typer.Option("target", help="history the transfer strategies read: target (transfer through shared weights) | mixed (also the user's source history)"),
     threads: int = typer.Option(2, help="torch CPU threads"),
+    run_key: str | None = typer.Option(None, "--run-key", help="idempotence key (e.g. nightly-2026-01-01): if a model was already registered under it, nothing is trained again"),
 ) -> None:
     """Compare target-only, fine-tuning, adversarial joint training, zero-shot and baselines."""
     from crossrec.adaptation.model import ModelConfig
@@ -48,6 +49,13 @@ def adapt(
     settings = get_settings()
     work = Path(input or settings.work_dir)
     split_path = split or (Path(settings.data_dir) / "users_split.json")
+    if run_key is not None:
+        from crossrec.registry import ModelRegistry
+
+        done = ModelRegistry(registry or work / "registry").find_run(run_key)
+        if done is not None:
+            console.print(f"run key {run_key!r} already registered {done}: nothing trained again")
+            return
     try:
         names = resolve(strategies)
         opts = AdaptOptions(
@@ -68,6 +76,7 @@ def adapt(
             model=ModelConfig(dim=dim, encoder=seq_encoder, item_tower=item_tower),
             train=TrainConfig(lr=lr, max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives, transfer_view=transfer_view),
             threads=threads,
+            run_key=run_key,
         )
         results = run_adapt(opts, say=console.print)
     except (ValueError, FileNotFoundError) as exc:
