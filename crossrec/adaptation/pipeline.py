@@ -24,7 +24,7 @@ from crossrec.adaptation.data import AdaptData, load_adapt_data
 from crossrec.adaptation.model import ModelConfig
 from crossrec.adaptation.strategies import STRATEGIES, TRANSFER, RunContext, Trained, resolve
 from crossrec.adaptation.trainer import TrainConfig
-from crossrec.evaluation import HEADLINE, compute_metrics
+from crossrec.evaluation import HEADLINE, ITEM_SEGMENTS, USER_SEGMENTS, compute_metrics, item_segment_of, paired_bootstrap, per_user, segment_metrics, user_segment_of
 from crossrec.registry import ModelRegistry
 
 TEXT_STRATEGIES = ("target_only", *TRANSFER)
@@ -37,7 +37,7 @@ class AdaptOptions:
     strategies: list[str] = field(default_factory=lambda: ["all"])
     seeds: list[int] = field(default_factory=lambda: [0])
     fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5, 1.0])
-    fraction_strategies: list[str] = field(default_factory=lambda: ["target_only", "best"])
+    fraction_strategies: list[str] = field(default_factory=lambda: ["target_only", "best", "popularity", "item_knn", "sasrec"])
     encoder: str = "minilm"
     extra_encoders: list[str] = field(default_factory=list)
     source_domain: str = "art"
@@ -65,6 +65,30 @@ def _epoch_seconds(t: Trained) -> float | None:
     return float(np.mean(secs)) if secs else None
 
 
+def segment_report(ctx: RunContext, trained: Trained, ranks: np.ndarray, ev, cold_ranks: np.ndarray) -> dict[str, dict]:
+    """Every metric per user segment and per item segment of the held-out item, with user counts.
+
+    User segments: the constructed cold view (target history hidden), natural cold users (none
+    before the held-out event; often empty), 1-2 and 3+ target events. Item segments: the held-out
+    item's interactions in what this run trained on (0 / 1-4 / 5+): the tail where IDs fail.
+    """
+    users = segment_metrics(ranks, user_segment_of(ev.n_target_hist), USER_SEGMENTS)
+    users[USER_SEGMENTS[0]] = compute_metrics(cold_ranks)
+    counts = ctx.item_train_counts()[ev.targets]
+    return {"user": users, "item": segment_metrics(ranks, item_segment_of(counts), ITEM_SEGMENTS)}
+
+
+def _mean_segments(per_seed: list[dict]) -> dict:
+    """Mean over seeds of each segment's metrics (n_users from the first seed: the same users)."""
+    out: dict = {}
+    for kind in ("user", "item"):
+        out[kind] = {}
+        for seg in per_seed[0][kind]:
+            vals = [s[kind][seg] for s in per_seed]
+            out[kind][seg] = {k: float(np.mean([v[k] for v in vals])) for k in vals[0] if k != "n_users"} | {"n_users": int(vals[0]["n_users"])}
+    return out
+
+
 def run_comparison(
     data: AdaptData, opts: AdaptOptions, names: list[str], say: Callable[[str], None], first_seed_cache: dict | None = None
 ) -> tuple[dict, dict[str, Trained]]:
@@ -76,6 +100,10 @@ def run_comparison(
     timing: dict[str, dict] = {}
     training: dict[str, list] = {}
     keep: dict[str, Trained] = {}
+    segments: dict[str, list[dict]] = {}
+    select: dict[str, list[float]] = {}
+    select_users: dict[str, np.ndarray] = {}  # per-user selection NDCG@10, mean over seeds (bootstrap)
+    choices: dict[str, dict] = {}
     for seed in opts.seeds:
         cache = first_seed_cache if (first_seed_cache is not None and seed == opts.seeds[0]) else {}
         ctx = RunContext(data, opts.model, opts.train, seed, 1.0, progress=say, cache=cache)
@@ -93,17 +121,24 @@ def run_comparison(
                 per_seed.setdefault(name, {}).setdefault(k, []).append(v)
             if test_ev.cold.any():
                 natural_cold[name] = compute_metrics(ranks[test_ev.cold])
-            cm = compute_metrics(trained.ranks(data, ctx.eval_set("test", trained.view, cold=True)))
+            cold_ranks = trained.ranks(data, ctx.eval_set("test", trained.view, cold=True))
+            cm = compute_metrics(cold_ranks)
             for k, v in cm.items():
                 cold.setdefault(name, {}).setdefault(k, []).append(v)
+            segments.setdefault(name, []).append(segment_report(ctx, trained, ranks, test_ev, cold_ranks))
             vm = compute_metrics(trained.ranks(data, ctx.eval_set("valid", trained.view)))
             valid.setdefault(name, []).append(vm["NDCG@10"])
+            sel_vals = per_user(trained.ranks(data, ctx.eval_set("select", trained.view)))
+            select.setdefault(name, []).append(float(sel_vals.mean()) if sel_vals.size else float("nan"))
+            select_users[name] = select_users.get(name, 0) + sel_vals / len(opts.seeds)
+            if trained.choice is not None and seed == opts.seeds[0]:
+                choices[name] = trained.choice
             timing.setdefault(name, {"train_s": [], "eval_s": [], "epochs": [], "s_per_epoch": []})
             timing[name]["train_s"].append(train_s)
             timing[name]["eval_s"].append(eval_s)
             timing[name]["epochs"].append(len(trained.logs))
             timing[name]["s_per_epoch"].append(_epoch_seconds(trained))
-            say(f"[seed {seed}] {name}: test NDCG@10={m['NDCG@10']:.4f} valid={vm['NDCG@10']:.4f} ({train_s:.0f}s train)")
+            say(f"[seed {seed}] {name}: test NDCG@10={m['NDCG@10']:.4f} valid={vm['NDCG@10']:.4f} select={select[name][-1]:.4f} ({train_s:.0f}s train)")
             if seed == opts.seeds[0]:
                 keep[name] = trained
                 training[name] = [asdict(log) for log in trained.logs]
@@ -114,9 +149,13 @@ def run_comparison(
         "valid_ndcg10": {n: _mean_sd(v) for n, v in valid.items()},
         "cold_start_constructed": {n: {k: _mean_sd(v) for k, v in ms.items() if k != "n_users"} | {"n_users": int(ms["n_users"][0])} for n, ms in cold.items()},
         "cold_start_natural": natural_cold,
+        "segments": {n: _mean_segments(v) for n, v in segments.items()},
+        "select_ndcg10": {n: _mean_sd(v) for n, v in select.items()},
+        "hyper_parameter_search": choices,
         "timing": timing,
         "training_curves": training,
     }
+    results["_select_per_user"] = select_users  # popped before writing; used by the bootstrap choices
     return results, keep
 
 
@@ -143,8 +182,33 @@ def run_fraction_curve(data: AdaptData, opts: AdaptOptions, names: list[str], fu
 
 
 def best_by_validation(results: dict, candidates: tuple[str, ...] | list[str]) -> str | None:
-    have = [n for n in candidates if n in results["valid_ndcg10"]]
-    return max(have, key=lambda n: results["valid_ndcg10"][n]["mean"]) if have else None
+    """Highest mean selection-set NDCG@10 (the validation users when no selection set exists)."""
+    key = "select_ndcg10" if results.get("select_ndcg10") else "valid_ndcg10"
+    have = [n for n in candidates if n in results[key]]
+    return max(have, key=lambda n: results[key][n]["mean"]) if have else None
+
+
+def choose_with_confidence(results: dict, candidates: list[str], baseline: str) -> dict:
+    """Pick the best of ``candidates`` on the selection set, but keep ``baseline`` unless the paired
+    bootstrap CI of the difference (selection users) excludes zero. Says which and why."""
+    per = results.get("_select_per_user", {})
+    best = best_by_validation(results, candidates)
+    out: dict = {"best_on_selection": best, "baseline": baseline, "chosen": baseline}
+    if best is None or baseline not in per or best not in per:
+        out["chosen"] = best or baseline
+        out["reason"] = "no paired comparison possible"
+        return out
+    if best == baseline:
+        out["reason"] = f"{baseline} is itself the best on the selection set"
+        return out
+    ci = paired_bootstrap(per[best], per[baseline])
+    out["ci_vs_baseline"] = ci
+    if ci["includes_zero"]:
+        out["reason"] = f"{best} vs {baseline}: {ci['rel']:+.1%} on {ci['n_users']} selection users, 95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}] includes zero: keeping {baseline}"
+    else:
+        out["chosen"] = best if ci["lo"] > 0 else baseline
+        out["reason"] = f"{best} vs {baseline}: {ci['rel']:+.1%} on {ci['n_users']} selection users, 95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}] excludes zero: {out['chosen']}"
+    return out
 
 
 def check_targets(results: dict, best: str | None) -> dict:
@@ -171,16 +235,25 @@ def check_targets(results: dict, best: str | None) -> dict:
 
 
 def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep: dict[str, Trained], registry: ModelRegistry, say: Callable[[str], None]) -> dict:
-    """Register the best text model (validation-selected) and let the gate decide promotion."""
+    """Register the text model chosen on the selection set (with its CI) and let the gate decide promotion.
+
+    The gate itself compares mean validation NDCG@10 (registry.gate); before it runs, a paired
+    bootstrap over the validation users of candidate vs the re-scored current model decides whether
+    the difference is signal at all: when its CI includes zero the current model is kept, and the
+    decision says so.
+    """
     from crossrec.adaptation.data import SPLIT_CODES, make_eval_set
     from crossrec.adaptation.inference import Recommender
 
-    cand_name = best_by_validation(results, [n for n in TEXT_STRATEGIES if n in keep])
+    cand_name = results.get("strategy_choice", {}).get("chosen")
+    if cand_name not in keep or cand_name not in TEXT_STRATEGIES:
+        cand_name = best_by_validation(results, [n for n in TEXT_STRATEGIES if n in keep])
     if cand_name is None:
         return {"registered": None, "reason": "no text-based strategy was trained"}
     trained = keep[cand_name]
     ev = make_eval_set(data, data.split_users["valid"], SPLIT_CODES["valid"], trained.view, opts.model.max_len)
-    valid_m = compute_metrics(trained.ranks(data, ev))
+    cand_ranks = trained.ranks(data, ev)
+    valid_m = compute_metrics(cand_ranks)
     test_m = {k: v["values"][0] for k, v in results["test"][cand_name].items() if k != "n_users"}
     manifest = {
         "strategy": cand_name,
@@ -199,7 +272,7 @@ def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep:
 
     version = registry.register(write, manifest)
     say(f"registered {version} ({cand_name}, valid NDCG@10={valid_m['NDCG@10']:.4f})")
-    current_metric, rescored = None, False
+    current_metric, rescored, ci = None, False, None
     cur = registry.current()
     if cur is not None:
         try:  # re-score the serving model on today's validation data: a fair comparison
@@ -207,15 +280,24 @@ def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep:
             cur_ev = make_eval_set(data, data.split_users["valid"], SPLIT_CODES["valid"], "mixed", None)
             hists = [[data.catalog.keys[int(g)] for g in h] for h in cur_ev.histories]
             tids = [data.catalog.keys[int(t) + data.catalog.target_offset][1] for t in cur_ev.targets]
-            current_metric = compute_metrics(rec.ranks(hists, tids))["NDCG@10"]
+            cur_ranks = rec.ranks(hists, tids)
+            current_metric = compute_metrics(cur_ranks)["NDCG@10"]
             rescored = True
+            if len(cur_ranks) == len(cand_ranks):
+                ci = paired_bootstrap(per_user(cand_ranks), per_user(cur_ranks))
         except Exception as exc:  # noqa: BLE001 - an unreadable old artifact falls back to its stored number
             say(f"could not re-score current model {cur} ({exc}); using its stored validation metric")
     if not opts.promote:
         return {"registered": version, "strategy": cand_name, "promoted": False, "reason": "--no-promote"}
+    if ci is not None and ci["includes_zero"] and valid_m["NDCG@10"] > (current_metric or 0.0) + opts.promote_margin:
+        why = (f"validation NDCG@10 {valid_m['NDCG@10']:.4f} vs current {cur} {current_metric:.4f}: paired 95% CI of the difference "
+               f"[{ci['lo']:+.4f}, {ci['hi']:+.4f}] over {ci['n_users']} users includes zero; keeping {cur}")
+        say(why)
+        return {"registered": version, "strategy": cand_name, "promoted": False, "candidate": version, "current": cur, "reason": why,
+                "ci_vs_current": ci, "current_rescored_on_today_valid": rescored}
     decision = registry.gate(version, opts.promote_margin, current_metric)
     say(decision.reason)
-    return {"registered": version, "strategy": cand_name, **asdict(decision), "current_rescored_on_today_valid": rescored}
+    return {"registered": version, "strategy": cand_name, **asdict(decision), "ci_vs_current": ci, "current_rescored_on_today_valid": rescored}
 
 
 def run_adapt(opts: AdaptOptions, say: Callable[[str], None] = print) -> dict:
@@ -236,6 +318,10 @@ def run_adapt(opts: AdaptOptions, say: Callable[[str], None] = print) -> dict:
     results, keep = run_comparison(data, opts, names, say, first_seed_cache=shared)
     t_main = time.perf_counter() - t_start
     best = best_by_validation(results, [n for n in TRANSFER if n in results["valid_ndcg10"]])
+    text_names = [n for n in TEXT_STRATEGIES if n in keep]
+    if text_names:
+        results["strategy_choice"] = choose_with_confidence(results, text_names, "target_only" if "target_only" in text_names else text_names[0])
+        say(f"strategy choice: {results['strategy_choice'].get('reason')}")
     frac_names = []
     for n in opts.fraction_strategies:
         n = best if n == "best" else n
@@ -280,8 +366,10 @@ def run_adapt(opts: AdaptOptions, say: Callable[[str], None] = print) -> dict:
         "rss_at_start_mb": rss0,
         "threads": torch.get_num_threads(),
         "metric_names": list(HEADLINE),
+        "selection_note": f"strategy / hyper-parameter / route choices on the selection set: the last target event of {len(shared.get(('selection', opts.train.selection_users), {}))} training users (>= 2 target events), held out of their training sequences; early stopping on the validation users",
         "cold_start_note": "constructed view: the test users' target-domain history is removed (source history only); natural cold-start users are those with no target event before the held-out one",
     }
+    results.pop("_select_per_user", None)
     write_report(results, Path(opts.output_dir))
     say(f"wrote {Path(opts.output_dir) / 'metrics.json'} and report.html in {results['run']['total_s']:.0f}s")
     return results

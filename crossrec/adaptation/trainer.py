@@ -42,6 +42,13 @@ class TrainConfig:
     # popularity; benchmarks/bench_transfer_signal.py), and the mixed view measured worse
     # (finetune-all test NDCG@10 0.042-0.059 mixed, by residual variant, vs 0.064 target; seed 42).
     transfer_view: str = "target"
+    # Selection set (data.selection_positions): how many training users lend their last target event
+    # to strategy / route / hyper-parameter choice, kept out of their training sequences. 0 = choose
+    # on the validation users (the early-stopping set) as before.
+    selection_users: int = 2000
+    # The SASRec baseline's own hyper-parameters: each entry overrides ModelConfig/TrainConfig fields;
+    # the entry with the best selection-set NDCG@10 is kept (early stopping on validation as usual).
+    sasrec_grid: list[dict] = field(default_factory=lambda: [{"lr": 1e-3, "dropout": 0.5}, {"lr": 3e-3, "dropout": 0.2}])
 
     def __post_init__(self) -> None:
         if self.transfer_view not in ("target", "mixed"):
