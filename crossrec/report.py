@@ -147,8 +147,15 @@ def render_html(results: dict) -> str:
     for name, c in hp.items():
         parts.append(f"<h3>{html.escape(name)}: own hyper-parameters chosen on the selection set</h3>")
         parts.append(_table(["params", "selection NDCG@10", "best valid NDCG@10", "epochs"], [[json.dumps(t["params"]), t["select_ndcg10"], t["valid_ndcg10"] if t["valid_ndcg10"] is not None else float("nan"), t["epochs"]] for t in c["tried"]]))
-    for extra in results.get("report_sections", []):
-        parts.append(extra)
+    routing = results.get("routing")
+    if routing:
+        parts.append(f"<h2>Routed model ({html.escape(str(routing.get('strategy')))} + training-free routes, chosen per segment on the selection set)</h2>")
+        parts.append(_table(["segment", "route", "selection users", "selection NDCG@10 per candidate", "why"], [[seg, c["route"], c["n_users"], ", ".join(f"{k} {v:.4f}" for k, v in c["selection_ndcg10"].items()), c["reason"]] for seg, c in routing["routes"].items()]))
+    diag = results.get("diagnose")
+    if diag and "segments" in diag:
+        from crossrec.diagnose import render_section
+
+        parts.append(render_section(diag))
     frac = _plot_fractions(results)
     if frac:
         curve = results["fractions"]

@@ -231,7 +231,7 @@ def test_pipeline_end_to_end_report_registry_gate_and_inference(work: Path, data
     registry = tmp_path / "work" / "registry"
     res = _run(work, tmp_path / "out", registry)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert set(metrics) == set(resolve("all"))
+    assert set(metrics) == set(resolve("all")) | {"routed"}
     for name in metrics:
         assert {"NDCG@10", "Recall@10", "Recall@50", "MRR", "Precision@10", "F1@10"} <= set(metrics[name])
         assert 0.0 <= metrics[name]["NDCG@10"] <= 1.0
@@ -242,7 +242,7 @@ def test_pipeline_end_to_end_report_registry_gate_and_inference(work: Path, data
     # every strategy and baseline has every metric per user and item segment, with user counts
     from crossrec.evaluation import ITEM_SEGMENTS, USER_SEGMENTS
 
-    assert set(res["segments"]) == set(resolve("all"))
+    assert set(res["segments"]) == set(resolve("all")) | {"routed"}
     for name, seg in res["segments"].items():
         assert list(seg["user"]) == list(USER_SEGMENTS) and list(seg["item"]) == list(ITEM_SEGMENTS)
         n_test = res["test"][name]["n_users"]
@@ -253,6 +253,7 @@ def test_pipeline_end_to_end_report_registry_gate_and_inference(work: Path, data
     assert "per user segment" in html and "per item segment" in html
     assert res["strategy_choice"]["chosen"] in res["test"] and "reason" in res["strategy_choice"]
     assert set(res["select_ndcg10"]) == set(resolve("all")) and "sasrec" in res["hyper_parameter_search"]
+    assert set(res["routing"]["routes"]) == {"cold", "1-2", "3+"} and res["targets"]["routed"]["best_single"] in res["test"]
     assert res["gate"]["promoted"] and res["gate"]["registered"] == "v0001"
 
     # the registered artifact serves: same ranks through the inference API as in the trainer

@@ -129,3 +129,15 @@ def test_bad_shapes_raise_clear_errors() -> None:
         mask_history(np.zeros((2, 3)), [[0]])
     with pytest.raises(ValueError):
         ranks_of_targets(np.zeros((1, 3)), [3])
+
+
+def test_rank_batch_equals_mask_then_rank_on_random_tie_heavy_scores() -> None:
+    """The copy-free rank_batch must give exactly mask_history + ranks_of_targets (same tie draws)."""
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 4, size=(300, 40)).astype(np.float32)  # many ties
+    targets = rng.integers(0, 40, size=300)
+    hist = [rng.choice(40, size=int(rng.integers(0, 6)), replace=False).tolist() for _ in range(300)]
+    hist[0] = [int(targets[0])]  # a masked target: a miss
+    fast = rank_batch(scores, targets, hist)
+    slow = ranks_of_targets(mask_history(scores, hist), targets)
+    assert fast.tolist() == slow.tolist() and fast[0] == MISSED

@@ -46,6 +46,8 @@ class AdaptOptions:
     registry_dir: Path | None = None
     promote_margin: float = 0.0
     promote: bool = True
+    routing: bool = True  # fit + store the routed model for the registered strategy
+    diagnose: bool = True  # training-free transfer diagnosis in the report (crossrec diagnose)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     threads: int = 2
@@ -159,6 +161,88 @@ def run_comparison(
     return results, keep
 
 
+def _positions_for_choices(ctx: RunContext) -> dict[str, int]:
+    """The selection set, or the validation users' held-out events when it is disabled."""
+    sel = ctx.selection()
+    if sel:
+        return sel
+    from crossrec.adaptation.data import SPLIT_CODES
+
+    out = {}
+    for u in ctx.data.split_users["valid"]:
+        s = ctx.data.users.get(u)
+        if s is None:
+            continue
+        p = s.heldout(SPLIT_CODES["valid"])
+        p = s.heldout(SPLIT_CODES["test"]) if p is None else p
+        if p is not None:
+            out[u] = p
+    return out
+
+
+def build_routing(data: AdaptData, opts: AdaptOptions, trained: Trained, cache: dict, say: Callable[[str], None], fraction: float = 1.0):
+    """Fit the routing table for ``trained`` on the selection set and evaluate it on the test users.
+
+    Returns (table, scorers, results-dict with test metrics overall / per segment)."""
+    from crossrec.adaptation.data import SPLIT_CODES, make_eval_set, make_eval_set_at
+    from crossrec.adaptation.routing import fit_routing, score_rows, segment_of
+    from crossrec.adaptation.scorers import TrainingFreeScorers
+    from crossrec.adaptation.trainer import logits_eval_set
+
+    ctx = RunContext(data, opts.model, opts.train, opts.seeds[0], fraction, cache=cache)
+    scorers = TrainingFreeScorers.fit(data, ctx.train_seqs("mixed"))
+    pos = _positions_for_choices(ctx)
+    max_len = opts.model.max_len
+
+    def model_logits(ev) -> np.ndarray:
+        if trained.model is None:
+            raise ValueError("routing needs a trained model")
+        return logits_eval_set(trained.model, data, ev)
+
+    sel_m, sel_v = make_eval_set_at(data, pos, "mixed", None), make_eval_set_at(data, pos, trained.view, max_len)
+    cold_m, cold_v = make_eval_set_at(data, pos, "mixed", None, True), make_eval_set_at(data, pos, trained.view, max_len, True)
+    seg = segment_of(sel_m.n_target_hist)
+    segments = {
+        "cold": (cold_m, cold_v, np.arange(len(cold_m.targets))),
+        "1-2": (sel_m, sel_v, np.flatnonzero(seg == "1-2")),
+        "3+": (sel_m, sel_v, np.flatnonzero(seg == "3+")),
+    }
+    table = fit_routing(data, scorers, model_logits, segments, trained.name, say)
+    # test users: natural histories routed by their segment; the constructed cold view routed as cold
+    users = data.split_users["test"]
+    t_m = make_eval_set(data, users, SPLIT_CODES["test"], "mixed", None)
+    t_v = make_eval_set(data, users, SPLIT_CODES["test"], trained.view, max_len)
+    tc_m = make_eval_set(data, users, SPLIT_CODES["test"], "mixed", None, drop_target_history=True)
+    tc_v = make_eval_set(data, users, SPLIT_CODES["test"], trained.view, max_len, drop_target_history=True)
+    logits, cold_logits = model_logits(t_v), model_logits(tc_v)
+    ranks = np.zeros(len(t_m.targets), np.int64)
+    t_seg = segment_of(t_m.n_target_hist)
+    routes_used: dict[str, int] = {}
+    for name in ("cold", "1-2", "3+"):
+        rows = np.flatnonzero(t_seg == name)
+        if rows.size:
+            ranks[rows] = rank_rows(score_rows(table.routes.get(name), scorers, t_m, logits[rows], rows), t_m, rows)
+            routes_used[name] = int(rows.size)
+    all_rows = np.arange(len(tc_m.targets))
+    cold_ranks = rank_rows(score_rows(table.routes.get("cold"), scorers, tc_m, cold_logits, all_rows), tc_m, all_rows) if all_rows.size else np.zeros(0, np.int64)
+    users_seg = segment_metrics(ranks, user_segment_of(t_m.n_target_hist), USER_SEGMENTS)
+    users_seg[USER_SEGMENTS[0]] = compute_metrics(cold_ranks)
+    counts = ctx.item_train_counts()[t_m.targets]
+    out = {
+        "test": compute_metrics(ranks),
+        "cold": compute_metrics(cold_ranks),
+        "segments": {"user": users_seg, "item": segment_metrics(ranks, item_segment_of(counts), ITEM_SEGMENTS)},
+        "routes_used": routes_used,
+    }
+    return table, scorers, out
+
+
+def rank_rows(scores: np.ndarray, ev, rows: np.ndarray) -> np.ndarray:
+    from crossrec.adaptation.scorers import rank_scores
+
+    return rank_scores(scores, ev, rows)
+
+
 def run_fraction_curve(data: AdaptData, opts: AdaptOptions, names: list[str], full: dict, say: Callable[[str], None], cache: dict | None = None) -> dict:
     """NDCG@10 etc. when only a fraction of the target training users is available (seed 0).
 
@@ -234,7 +318,27 @@ def check_targets(results: dict, best: str | None) -> dict:
     return out
 
 
-def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep: dict[str, Trained], registry: ModelRegistry, say: Callable[[str], None]) -> dict:
+def check_routed(results: dict) -> dict:
+    """The issue's routing targets on test users: routed >= every single scorer overall, and >=
+    popularity in every user segment (the constructed cold one included)."""
+    test, seg = results["test"], results.get("segments", {})
+    if "routed" not in test:
+        return {}
+    r = test["routed"]["NDCG@10"]["mean"]
+    singles = {n: v["NDCG@10"]["mean"] for n, v in test.items() if n != "routed"}
+    out: dict = {"routed": r, "best_single": max(singles, key=lambda n: singles[n]) if singles else None}
+    out["routed_ge_every_single"] = all(r >= v for v in singles.values())
+    if "popularity" in seg:
+        per = {}
+        for s_name, m in seg["routed"]["user"].items():
+            p = seg["popularity"]["user"][s_name]
+            if m["n_users"]:
+                per[s_name] = {"routed": m["NDCG@10"], "popularity": p["NDCG@10"], "met": m["NDCG@10"] >= p["NDCG@10"]}
+        out["ge_popularity_per_segment"] = per
+    return out
+
+
+def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep: dict[str, Trained], registry: ModelRegistry, say: Callable[[str], None], routing=None) -> dict:
     """Register the text model chosen on the selection set (with its CI) and let the gate decide promotion.
 
     The gate itself compares mean validation NDCG@10 (registry.gate); before it runs, a paired
@@ -267,7 +371,11 @@ def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep:
     }
 
     def write(tmp: Path) -> None:
-        write_artifact(tmp, trained.model, data, cand_name, trained.view, extra={"seed": opts.seeds[0]})  # type: ignore[arg-type]
+        write_artifact(tmp, trained.model, data, cand_name, trained.view, extra={"seed": opts.seeds[0], "routed": routing is not None and routing[0].strategy == cand_name})  # type: ignore[arg-type]
+        if routing is not None and routing[0].strategy == cand_name:
+            from crossrec.adaptation.routing import write_routing
+
+            write_routing(tmp / "routing", *routing)
         (tmp / "metrics.json").write_text(json.dumps({"valid": valid_m, "test": test_m}, indent=2))
 
     version = registry.register(write, manifest)
@@ -322,6 +430,25 @@ def run_adapt(opts: AdaptOptions, say: Callable[[str], None] = print) -> dict:
     if text_names:
         results["strategy_choice"] = choose_with_confidence(results, text_names, "target_only" if "target_only" in text_names else text_names[0])
         say(f"strategy choice: {results['strategy_choice'].get('reason')}")
+    routing = None
+    chosen = results.get("strategy_choice", {}).get("chosen")
+    if opts.routing and chosen in keep and keep[chosen].model is not None:
+        t_r = time.perf_counter()
+        table, scorers, routed = build_routing(data, opts, keep[chosen], shared, say)
+        routing = (table, scorers)
+        one = lambda m: {k: {"mean": v, "sd": 0.0, "values": [v]} for k, v in m.items() if k != "n_users"} | {"n_users": int(m["n_users"])}  # noqa: E731
+        results["routing"] = table.to_dict() | {"routes_used_on_test": routed["routes_used"], "seconds": time.perf_counter() - t_r}
+        results["test"]["routed"] = one(routed["test"])
+        results["cold_start_constructed"]["routed"] = one(routed["cold"])
+        results["segments"]["routed"] = routed["segments"]
+        say(f"routed ({chosen} + training-free routes): test NDCG@10={routed['test']['NDCG@10']:.4f}")
+    if opts.diagnose:
+        from crossrec.diagnose import diagnose_data
+
+        try:
+            results["diagnose"] = diagnose_data(data, opts.train.selection_users or 2000, say)
+        except ValueError as exc:
+            results["diagnose"] = {"skipped": str(exc)}
     frac_names = []
     for n in opts.fraction_strategies:
         n = best if n == "best" else n
@@ -346,7 +473,8 @@ def run_adapt(opts: AdaptOptions, say: Callable[[str], None] = print) -> dict:
         results["encoders"][enc] = {n: r["test"][n]["NDCG@10"]["mean"] for n in r["test"]}
     results["targets"] = check_targets(results, best)
     registry = ModelRegistry(opts.registry_dir or Path(opts.input_dir) / "registry")
-    results["gate"] = _register_and_gate(data, opts, results, keep, registry, say)
+    results["gate"] = _register_and_gate(data, opts, results, keep, registry, say, routing)
+    results["targets"]["routed"] = check_routed(results)
     results["run"] = {
         "encoder": opts.encoder,
         "seeds": opts.seeds,
