@@ -54,7 +54,8 @@ def test_diagnose_detects_a_planted_signal_and_not_an_absent_one(planted: Path, 
 def _adapt(work: Path, out: Path, registry: Path) -> dict:
     torch.set_num_threads(2)
     opts = AdaptOptions(
-        input_dir=work, output_dir=out, strategies=["target_only", "popularity", "item_knn"], seeds=[0], fractions=[],
+        input_dir=work, output_dir=out, strategies=["target_only", "popularity", "item_knn"], seeds=[0], fractions=[0.5, 1.0],
+        fraction_strategies=["target_only", "item_knn", "routed"],
         source_domain=PAIR[0], target_domain=PAIR[1], split_path=work / "users_split.json", registry_dir=registry,
         model=ModelConfig(dim=16, max_len=12), train=TrainConfig(max_epochs=4, patience=2, selection_users=500),
     )
@@ -68,6 +69,9 @@ def test_routed_model_recovers_the_planted_signal_and_serves_with_its_route(plan
     test = res["test"]
     routed, target_only = test["routed"]["NDCG@10"]["mean"], test["target_only"]["NDCG@10"]["mean"]
     assert routed >= 1.2 * target_only  # the planted source signal is worth >= +20 % and is recovered
+    cap = res["targets"]["language_and_signal"]["signal_capture"]
+    assert cap["diagnose_gain"] >= 0.2 and cap["met"]  # diagnose's G, recovered by the routed model
+    assert "0.5" in res["fractions"]["routed"] and "0.5" in res["fractions"]["item_knn"]
     routes = res["routing"]["routes"]
     assert routes["cold"]["route"] != "model"  # an empty target history must read the source history
     for seg in routes.values():  # every choice carries its evidence

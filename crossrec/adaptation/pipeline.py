@@ -243,25 +243,41 @@ def rank_rows(scores: np.ndarray, ev, rows: np.ndarray) -> np.ndarray:
     return rank_scores(scores, ev, rows)
 
 
-def run_fraction_curve(data: AdaptData, opts: AdaptOptions, names: list[str], full: dict, say: Callable[[str], None], cache: dict | None = None) -> dict:
+def run_fraction_curve(
+    data: AdaptData, opts: AdaptOptions, names: list[str], full: dict, say: Callable[[str], None], cache: dict | None = None, routed_strategy: str | None = None
+) -> dict:
     """NDCG@10 etc. when only a fraction of the target training users is available (seed 0).
 
     Source pretraining is cached once and shared by every fraction; fraction 1.0 reuses the main run.
+    With ``routed_strategy``, the routed model is rebuilt at every fraction on top of that strategy
+    (its scorers and routes fitted on the same fraction of target training users).
     """
     seed = opts.seeds[0]
     curve: dict[str, dict[str, dict]] = {n: {} for n in names}
+    if routed_strategy:
+        curve["routed"] = {}
     cache = {} if cache is None else cache  # shares seed-0 source pretraining with the main run
     for frac in opts.fractions:
-        for name in names:
+        trained_here: dict[str, Trained] = {}
+        for name in names + ([routed_strategy] if routed_strategy and routed_strategy not in names else []):
             if frac >= 1.0 and name in full["test"]:
-                curve[name][str(frac)] = {k: v["values"][0] for k, v in full["test"][name].items() if k != "n_users"}
+                if name in curve:
+                    curve[name][str(frac)] = {k: v["values"][0] for k, v in full["test"][name].items() if k != "n_users"}
                 continue
             ctx = RunContext(data, opts.model, opts.train, seed, frac, progress=None, cache=cache)
             t0 = time.perf_counter()
-            trained = STRATEGIES[name](ctx)
-            m = compute_metrics(trained.ranks(data, ctx.eval_set("test", trained.view)))
-            curve[name][str(frac)] = {**m, "n_target_users": len(ctx.target_users())}
-            say(f"[fraction {frac:g}] {name}: test NDCG@10={m['NDCG@10']:.4f} ({time.perf_counter() - t0:.0f}s)")
+            trained = trained_here[name] = STRATEGIES[name](ctx)
+            if name in curve:
+                m = compute_metrics(trained.ranks(data, ctx.eval_set("test", trained.view)))
+                curve[name][str(frac)] = {**m, "n_target_users": len(ctx.target_users())}
+                say(f"[fraction {frac:g}] {name}: test NDCG@10={m['NDCG@10']:.4f} ({time.perf_counter() - t0:.0f}s)")
+        if routed_strategy:
+            if frac >= 1.0 and "routed" in full["test"]:
+                curve["routed"][str(frac)] = {k: v["values"][0] for k, v in full["test"]["routed"].items() if k != "n_users"}
+            elif routed_strategy in trained_here:
+                _, _, r = build_routing(data, opts, trained_here[routed_strategy], cache, lambda s: None, fraction=frac)
+                curve["routed"][str(frac)] = r["test"]
+                say(f"[fraction {frac:g}] routed ({routed_strategy}): test NDCG@10={r['test']['NDCG@10']:.4f}")
     return curve
 
 
@@ -315,6 +331,55 @@ def check_targets(results: dict, best: str | None) -> dict:
         at10 = curve[best]["0.1"]["NDCG@10"]
         t100 = test["target_only"]["NDCG@10"]["values"][0]
         out["ten_percent_vs_target_only_full"] = {"best_at_10pct": at10, "target_only_at_100pct_seed0": t100, "met": at10 >= t100}
+    return out
+
+
+def _pooled(seg: dict, labels: list[str], metric: str = "NDCG@10") -> tuple[float, int]:
+    """Mean of ``metric`` over the union of segments (weighted by their user counts)."""
+    n = sum(seg[lab]["n_users"] for lab in labels)
+    if n == 0:
+        return float("nan"), 0
+    return sum(seg[lab][metric] * seg[lab]["n_users"] for lab in labels if seg[lab]["n_users"]) / n, n
+
+
+def check_language(results: dict) -> dict:
+    """Issue 14 point 4/5 targets, from this run's numbers (test users; every choice made on selection users)."""
+    test, seg = results["test"], results.get("segments", {})
+    chosen = results.get("strategy_choice", {}).get("chosen")
+    out: dict = {}
+    if chosen in seg and "sasrec" in seg:
+        tail = [ITEM_SEGMENTS[0], ITEM_SEGMENTS[1]]
+        t, n = _pooled(seg[chosen]["item"], tail)
+        sr, _ = _pooled(seg["sasrec"]["item"], tail)
+        out["tail_items_text_vs_sasrec"] = {"text_model": chosen, "text": t, "sasrec": sr, "n_test_events": n,
+                                            "ratio": t / sr if sr > 0 else float("inf"), "target": 3.0, "met": bool(sr == 0 and t > 0 or (sr > 0 and t / sr >= 3.0))}
+    if "sasrec" in test:
+        s_ = test["sasrec"]["NDCG@10"]["mean"]
+        for name in (chosen, "routed"):
+            if name in test and s_ > 0:
+                g = test[name]["NDCG@10"]["mean"] / s_ - 1
+                out[f"{name}_vs_sasrec" if name == "routed" else "text_vs_sasrec"] = {"model": name, "gain": g, "target": 0.30, "met": g >= 0.30}
+    diag = results.get("diagnose", {})
+    if "zero_shot" in test and "segments" in diag:
+        natural = [k for k in USER_SEGMENTS[1:] if diag["segments"].get(k, {}).get("n_users")]
+        tot = sum(diag["segments"][k]["n_users"] for k in natural)
+        best_name, best_val = None, -1.0
+        for sig in ("text_last_any", "text_last_target", "text_source", "source_cooc"):
+            v = sum(diag["segments"][k]["signals_test_ndcg10"][sig] * diag["segments"][k]["n_users"] for k in natural) / max(tot, 1)
+            if v > best_val:
+                best_name, best_val = sig, v
+        z = test["zero_shot"]["NDCG@10"]["mean"]
+        out["new_domain_zero_shot_vs_training_free"] = {"zero_shot": z, "best_training_free": best_name, "training_free": best_val,
+                                                       "ratio": z / best_val if best_val > 0 else float("inf"), "target": 1.5, "met": best_val > 0 and z / best_val >= 1.5}
+    curve = results.get("fractions", {})
+    if "routed" in curve and "0.1" in curve["routed"] and "target_only" in test:
+        r10, t100 = curve["routed"]["0.1"]["NDCG@10"], test["target_only"]["NDCG@10"]["values"][0]
+        out["routed_at_10pct_vs_target_only_full"] = {"routed_10pct": r10, "target_only_100pct": t100, "ratio": r10 / t100 if t100 > 0 else float("inf"), "target": 0.85, "met": t100 > 0 and r10 / t100 >= 0.85}
+    if "routed" in test and "target_only" in test and "overall" in diag:
+        g_diag = diag["overall"]["gain"]["rel"]
+        t = test["target_only"]["NDCG@10"]["mean"]
+        g = test["routed"]["NDCG@10"]["mean"] / t - 1 if t > 0 else float("nan")
+        out["signal_capture"] = {"diagnose_gain": g_diag, "routed_gain_over_target_only": g, "met": bool(g >= max(g_diag, 0.0))}
     return out
 
 
@@ -455,7 +520,8 @@ def run_adapt(opts: AdaptOptions, say: Callable[[str], None] = print) -> dict:
         if n and n not in frac_names and n in STRATEGIES:
             frac_names.append(n)
     t1 = time.perf_counter()
-    results["fractions"] = run_fraction_curve(data, opts, frac_names, results, say, cache=shared) if opts.fractions and frac_names else {}
+    routed_frac = results.get("strategy_choice", {}).get("chosen") if ("routed" in opts.fraction_strategies and "routed" in results["test"]) else None
+    results["fractions"] = run_fraction_curve(data, opts, frac_names, results, say, cache=shared, routed_strategy=routed_frac) if opts.fractions and (frac_names or routed_frac) else {}
     frac_s = time.perf_counter() - t1
     results["encoders"] = {opts.encoder: {n: results["test"][n]["NDCG@10"]["mean"] for n in results["test"]}}
     for enc in opts.extra_encoders:
@@ -475,6 +541,7 @@ def run_adapt(opts: AdaptOptions, say: Callable[[str], None] = print) -> dict:
     registry = ModelRegistry(opts.registry_dir or Path(opts.input_dir) / "registry")
     results["gate"] = _register_and_gate(data, opts, results, keep, registry, say, routing)
     results["targets"]["routed"] = check_routed(results)
+    results["targets"]["language_and_signal"] = check_language(results)
     results["run"] = {
         "encoder": opts.encoder,
         "seeds": opts.seeds,

@@ -37,10 +37,12 @@ ROUTABLE = ("popularity", "item_knn", "source_cooc")  # need no embeddings at se
 
 def normalise_rows(m: np.ndarray) -> np.ndarray:
     """Per-user min-max to [0, 1] (a constant row becomes 0): puts scorers on one scale."""
-    m = np.asarray(m, dtype=np.float32)
-    lo = m.min(axis=1, keepdims=True)
-    span = m.max(axis=1, keepdims=True) - lo
-    return np.divide(m - lo, span, out=np.zeros_like(m), where=span > 0)
+    t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))
+    lo = t.amin(dim=1, keepdim=True)
+    span = t.amax(dim=1, keepdim=True) - lo
+    out = (t - lo).div_(torch.where(span > 0, span, torch.ones_like(span)))
+    out[(span <= 0).expand_as(out)] = 0.0
+    return out.numpy()
 
 
 @dataclass
@@ -99,17 +101,16 @@ def rank_scores(scores: np.ndarray, ev: EvalSet, rows: np.ndarray | None = None)
 
 
 def blend(components: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    """sum_k w_k * normalise_rows(score_k) over the weighted components (all normalised already)."""
-    out: np.ndarray | None = None
+    """sum_k w_k * score_k over the weighted components (all row-normalised already)."""
+    out: torch.Tensor | None = None
     for name, w in weights.items():
-        if w == 0.0:
+        if w == 0.0 or name not in components:
             continue
-        term = w * components[name]
-        out = term if out is None else out + term
+        c = torch.from_numpy(components[name])
+        out = c * w if out is None else out.add_(c, alpha=w)
     if out is None:
-        first = next(iter(components.values()))
-        return np.zeros_like(first)
-    return out
+        return np.zeros_like(next(iter(components.values())))
+    return out.numpy()
 
 
 GRID = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -122,21 +123,28 @@ def fit_blend(
 
     ``components`` are already row-normalised; ``objective`` maps a blended score matrix to the
     selection-set metric. A weight moves only on a strict gain, so ties keep the simpler blend.
+    Each trial is the current blend plus one rescaled component (one fused pass, torch threads),
+    not a re-summation of every component.
     """
+    comps = {n: torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32)) for n, c in components.items()}
     weights = {n: (1.0 if n == anchor else 0.0) for n in components}
-    best = objective(blend(components, weights))
+    current = comps[anchor].clone()
+    best = objective(current.numpy())
     for _ in range(passes):
         moved = False
         for name in components:
             if name == anchor:
                 continue
+            best_w, best_t = weights[name], None
             for w in GRID:
                 if w == weights[name]:
                     continue
-                trial = {**weights, name: w}
-                val = objective(blend(components, trial))
+                trial = torch.add(current, comps[name], alpha=w - weights[name])
+                val = objective(trial.numpy())
                 if val > best + 1e-12:
-                    best, weights, moved = val, trial, True
+                    best, best_w, best_t = val, w, trial
+            if best_t is not None:
+                weights[name], current, moved = best_w, best_t, True
         if not moved:
             break
     return weights, best
