@@ -37,15 +37,26 @@ def main() -> None:
     ap.add_argument("--split", type=Path, default=Path(settings.data_dir) / "users_split.json")
     ap.add_argument("--max-epochs", type=int, default=15)
     ap.add_argument("--seed", type=int, default=settings.seed)
+    ap.add_argument("--quick", action="store_true", help="synthetic fixture instead of the shared data (smoke run)")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    data = load_adapt_data(args.input, settings.encoder, settings.source_domain, settings.target_domain, args.split if args.split.is_file() else None)
-    mcfg = ModelConfig(in_dim=int(data.catalog.embeddings.shape[1]))
+    if args.quick:
+        import tempfile
+
+        from crossrec.adaptation.synthetic import write_synthetic
+
+        work = write_synthetic(Path(tempfile.mkdtemp(prefix="bench_defaults_")) / "work", n_users=300, n_items=60, dim=16)
+        data = load_adapt_data(work, split_path=work / "users_split.json")
+        mcfg = ModelConfig(in_dim=16, dim=16, max_len=20)
+        args.max_epochs = min(args.max_epochs, 3)
+    else:
+        data = load_adapt_data(args.input, settings.encoder, settings.source_domain, settings.target_domain, args.split if args.split.is_file() else None)
+        mcfg = ModelConfig(in_dim=int(data.catalog.embeddings.shape[1]))
     runs = {
         ("residual", True): ("target_only", ModelConfig(**{**mcfg.to_dict(), "residual": True}), TrainConfig(max_epochs=args.max_epochs)),
         ("residual", False): ("target_only", ModelConfig(**{**mcfg.to_dict(), "residual": False}), TrainConfig(max_epochs=args.max_epochs)),
-        ("transfer_view", "target"): ("pretrain_finetune_all", mcfg, TrainConfig(max_epochs=args.max_epochs, transfer_view="target")),
-        ("transfer_view", "mixed"): ("pretrain_finetune_all", mcfg, TrainConfig(max_epochs=args.max_epochs, transfer_view="mixed")),
+        ("transfer_view", "target"): ("pretrain_finetune_all", mcfg, TrainConfig(max_epochs=args.max_epochs, pretrain_epochs=min(8, args.max_epochs), transfer_view="target")),
+        ("transfer_view", "mixed"): ("pretrain_finetune_all", mcfg, TrainConfig(max_epochs=args.max_epochs, pretrain_epochs=min(8, args.max_epochs), transfer_view="mixed")),
     }
     per, test, secs = {}, {}, {}
     for key, (name, m, t) in runs.items():

@@ -38,6 +38,9 @@ def adapt(
     item_tower: str = typer.Option("text+id", help="item side: text (adaptor only) | text+id (adds learned ID offsets; new items still text-only)"),
     transfer_view: str = typer.Option("target", help="history the transfer strategies read: target (transfer through shared weights) | mixed (also the user's source history)"),
     threads: int = typer.Option(2, help="torch CPU threads"),
+    selection_users: int = typer.Option(2000, min=0, help="training users whose last target event is held out as the selection set (choices, routes, SASRec's grid); 0 = choose on the validation users"),
+    routing: bool = typer.Option(True, help="fit and store the routed model (per-segment routes) with the registered artifact"),
+    diagnose: bool = typer.Option(True, help="add the training-free transfer diagnosis (crossrec diagnose) to the report"),
 ) -> None:
     """Compare target-only, fine-tuning, adversarial joint training, zero-shot and baselines."""
     from crossrec.adaptation.model import ModelConfig
@@ -65,8 +68,10 @@ def adapt(
             registry_dir=registry or work / "registry",
             promote_margin=promote_margin,
             promote=promote,
+            routing=routing,
+            diagnose=diagnose,
             model=ModelConfig(dim=dim, encoder=seq_encoder, item_tower=item_tower),
-            train=TrainConfig(lr=lr, max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives, transfer_view=transfer_view),
+            train=TrainConfig(lr=lr, max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives, transfer_view=transfer_view, selection_users=selection_users),
             threads=threads,
         )
         results = run_adapt(opts, say=console.print)
