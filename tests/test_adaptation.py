@@ -364,3 +364,20 @@ def test_cli_passes_hyper_parameters_and_records_them(work: Path, tmp_path: Path
     run = json.loads((out / "results.json").read_text())["run"]
     assert run["train"]["lr"] == 0.001 and run["train"]["max_epochs"] == 2
     assert run["model"]["dim"] == 16 and run["model"]["in_dim"] == 16
+
+
+def test_cli_sasrec_grid_is_parsed_and_bad_json_is_a_clear_error(work: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from crossrec.cli import app
+
+    base = ["adapt", "--input", str(work), "--output", str(tmp_path / "out"), "--strategies", "sasrec", "--fractions", "",
+            "--split", str(work / "users_split.json"), "--registry", str(tmp_path / "reg"), "--no-promote", "--no-diagnose",
+            "--max-epochs", "1", "--dim", "16", "--selection-users", "8"]
+    bad = CliRunner().invoke(app, [*base, "--sasrec-grid", "{not json"])
+    assert bad.exit_code == 1 and "not JSON" in bad.output
+    ok = CliRunner().invoke(app, [*base, "--sasrec-grid", '[{"lr": 0.002}, {"lr": 0.01, "n_heads": 1}]'])
+    assert ok.exit_code == 0, ok.output
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [t["params"] for t in res["hyper_parameter_search"]["sasrec"]["tried"]] == [{"lr": 0.002}, {"lr": 0.01, "n_heads": 1}]
+    assert res["run"]["train"]["selection_users"] == 8 and "diagnose" not in res
