@@ -78,6 +78,12 @@ def main() -> None:
         spe = t["s_per_epoch"][0]
         table.add_row(name, f"{secs:.1f}", f"{secs / ref:.0f}", str(t["epochs"][0]), "-" if spe is None else f"{spe:.2f}", f"{res['test'][name]['NDCG@10']['mean']:.4f}")
     run = res["run"]
+    if "routed" in res["test"]:
+        secs = res.get("routing", {}).get("seconds", float("nan"))
+        table.add_row("routed (fit + test)", f"{secs:.1f}", f"{secs / ref:.0f}", "", "", f"{res['test']['routed']['NDCG@10']['mean']:.4f}")
+    if "diagnose" in res and "seconds" in res["diagnose"]:
+        secs = res["diagnose"]["seconds"]
+        table.add_row("diagnose", f"{secs:.1f}", f"{secs / ref:.0f}", "", "", "")
     for part in ("load_s", "main_comparison_s", "fraction_curve_s", "total_s"):
         table.add_row(part, f"{run[part]:.1f}", f"{run[part] / ref:.0f}", "", "", "")
     console.print(table)

@@ -5,8 +5,10 @@ ranked against ALL candidate items of the target domain. Items already in the us
 masked (score -inf) before ranking, exactly as design.md section 4 prescribes.
 
 The protocol has one held-out item per user, so everything here works on the 1-based rank of that
-item. Ties are broken by candidate index (a lower index wins), which makes ranks deterministic and
-identical to what a stable ``argsort``/top-k would show a user.
+item. Ties are broken at random with a fixed seed (the target lands uniformly among the items tied
+with it): breaking them by candidate index would hand tie-heavy scorers (item-KNN, cold views) a
+hidden popularity prior, because the catalogue is sorted by id and low ids are the popular ones.
+The seed makes the ranks reproducible run to run.
 """
 
 from __future__ import annotations
@@ -86,11 +88,16 @@ def mask_history(scores: np.ndarray, history: Sequence[Iterable[int]]) -> np.nda
     return out
 
 
-def ranks_of_targets(scores: np.ndarray, targets: Sequence[int] | np.ndarray) -> np.ndarray:
+TIE_SEED = 0
+
+
+def ranks_of_targets(scores: np.ndarray, targets: Sequence[int] | np.ndarray, tie_seed: int | None = TIE_SEED) -> np.ndarray:
     """1-based rank of each user's target among all candidates (already masked scores).
 
-    rank = 1 + #(strictly higher) + #(equal with a lower index). A masked target (it was in the
-    history) gets rank n_items + 1, i.e. a miss for every metric; the caller counts those.
+    rank = 1 + #(strictly higher) + U, with U uniform on {0, ..., #(other items tied with it)}
+    drawn from a generator seeded with ``tie_seed`` (``None``: the old lower-index-wins rule, kept
+    only for callers that must match a stable sort). A masked target (it was in the history) gets
+    rank ``MISSED``, i.e. a miss for every metric; the caller counts those.
     """
     scores = np.asarray(scores, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.int64)
@@ -101,16 +108,56 @@ def ranks_of_targets(scores: np.ndarray, targets: Sequence[int] | np.ndarray) ->
         raise ValueError("target index outside the candidate set")
     t = scores[np.arange(n_users), targets][:, None]
     higher = (scores > t).sum(axis=1)
-    cols = np.arange(n_items)[None, :]
-    ties_before = ((scores == t) & (cols < targets[:, None])).sum(axis=1)
+    if tie_seed is None:
+        cols = np.arange(n_items)[None, :]
+        ties_before = ((scores == t) & (cols < targets[:, None])).sum(axis=1)
+    else:
+        n_tied = (scores == t).sum(axis=1)  # includes the target itself (>= 1 unless masked)
+        u = np.random.default_rng(tie_seed).random(n_users)
+        ties_before = np.minimum((u * np.maximum(n_tied, 1)).astype(np.int64), np.maximum(n_tied - 1, 0))
     ranks = 1 + higher + ties_before
     ranks[np.isneginf(t[:, 0])] = MISSED
     return ranks.astype(np.int64)
 
 
-def rank_batch(scores: np.ndarray, targets: Sequence[int], history: Sequence[Iterable[int]]) -> np.ndarray:
-    """Mask then rank: the one call the trainer makes per evaluation batch."""
-    return ranks_of_targets(mask_history(scores, history), targets)
+def rank_batch(scores: np.ndarray, targets: Sequence[int], history: Sequence[Iterable[int]], tie_seed: int | None = TIE_SEED) -> np.ndarray:
+    """Mask then rank: the one call the trainer makes per evaluation batch.
+
+    Same result as ``ranks_of_targets(mask_history(scores, history), targets)`` without copying the
+    score matrix: the comparisons run on the raw scores and each user's masked items are then taken
+    back out of the counts (a few items per user against tens of thousands of candidates). Why:
+    blends and routes are fitted by ranking thousands of users over the full catalogue many times.
+    """
+    if tie_seed is None:
+        return ranks_of_targets(mask_history(scores, history), targets, None)
+    scores = np.asarray(scores)
+    targets = np.asarray(targets, dtype=np.int64)
+    n_users, n_items = scores.shape if scores.ndim == 2 else (-1, -1)
+    if scores.ndim != 2 or len(history) != n_users:
+        raise ValueError(f"scores must be (users, items) with one history per user; got {scores.shape} and {len(history)}")
+    if targets.shape != (n_users,):
+        raise ValueError("one target per user is required")
+    if n_users and (targets.min() < 0 or targets.max() >= n_items):
+        raise ValueError("target index outside the candidate set")
+    t = scores[np.arange(n_users), targets]
+    higher = (scores > t[:, None]).sum(axis=1)
+    n_tied = (scores == t[:, None]).sum(axis=1)
+    missed = np.isneginf(t.astype(np.float64))
+    for u, items in enumerate(history):
+        idx = np.unique(np.fromiter(items, dtype=np.int64))
+        if idx.size == 0:
+            continue
+        if (idx == targets[u]).any():
+            missed[u] = True
+            continue
+        row = scores[u, idx]
+        higher[u] -= int((row > t[u]).sum())
+        n_tied[u] -= int((row == t[u]).sum())
+    rnd = np.random.default_rng(tie_seed).random(n_users)
+    ties_before = np.minimum((rnd * np.maximum(n_tied, 1)).astype(np.int64), np.maximum(n_tied - 1, 0))
+    ranks = (1 + higher + ties_before).astype(np.int64)
+    ranks[missed] = MISSED
+    return ranks
 
 
 def compute_metrics(ranks: np.ndarray, names: Sequence[str] | None = None) -> dict[str, float]:
@@ -122,3 +169,59 @@ def compute_metrics(ranks: np.ndarray, names: Sequence[str] | None = None) -> di
         out[name] = float(fn(ranks).mean()) if ranks.size else float("nan")
     out["n_users"] = int(ranks.size)
     return out
+
+
+def per_user(ranks: np.ndarray, name: str = "NDCG@10") -> np.ndarray:
+    """Per-user values of one metric (what a paired bootstrap resamples)."""
+    return METRICS[name](np.asarray(ranks, dtype=np.int64))
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """CI of mean(a) - mean(b) over users resampled with replacement (paired: same users in both).
+
+    Why paired: two scorers evaluated on the same users share the per-user difficulty, so the
+    spread of the *difference* is much smaller than either spread; that is what decides whether a
+    5 % gap on a thousand users is signal. ``includes_zero`` is the keep-the-simpler-choice flag.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired bootstrap needs the same users on both sides; got {a.shape} and {b.shape}")
+    if a.size == 0:
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "rel": float("nan"), "includes_zero": True, "n_users": 0}
+    d = a - b
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, d.size, size=(n_boot, d.size))
+    means = d[idx].mean(axis=1)
+    alpha = (1.0 - level) / 2
+    lo, hi = float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+    base = float(b.mean())
+    return {
+        "diff": float(d.mean()),
+        "lo": lo,
+        "hi": hi,
+        "rel": float(d.mean() / base) if base > 0 else float("inf"),
+        "includes_zero": bool(lo <= 0.0 <= hi),
+        "n_users": int(d.size),
+    }
+
+
+USER_SEGMENTS = ("no target history (constructed)", "no target history (natural)", "1-2 target events", "3+ target events")
+ITEM_SEGMENTS = ("item unseen in training", "item 1-4 training interactions", "item 5+ training interactions")
+
+
+def user_segment_of(n_target_hist: np.ndarray) -> np.ndarray:
+    """Segment label per user from the number of target-domain events before the held-out one."""
+    n = np.asarray(n_target_hist)
+    return np.where(n == 0, USER_SEGMENTS[1], np.where(n <= 2, USER_SEGMENTS[2], USER_SEGMENTS[3]))
+
+
+def item_segment_of(train_counts: np.ndarray) -> np.ndarray:
+    """Segment label per held-out item from its number of training interactions."""
+    c = np.asarray(train_counts)
+    return np.where(c == 0, ITEM_SEGMENTS[0], np.where(c < 5, ITEM_SEGMENTS[1], ITEM_SEGMENTS[2]))
+
+
+def segment_metrics(ranks: np.ndarray, labels: np.ndarray, order: Sequence[str]) -> dict[str, dict[str, float]]:
+    """compute_metrics per segment label (every label in ``order``; empty ones report n_users 0)."""
+    ranks, labels = np.asarray(ranks), np.asarray(labels)
+    return {seg: compute_metrics(ranks[labels == seg]) for seg in order}

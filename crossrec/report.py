@@ -101,6 +101,21 @@ def _table(headers: list[str], rows: list[list[object]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def segment_tables(results: dict, metric: str = "NDCG@10") -> list[str]:
+    """HTML tables: ``metric`` per user segment and per item segment (n = users in the segment)."""
+    seg = results.get("segments") or {}
+    if not seg:
+        return []
+    out = []
+    for kind, title in (("user", "user segment (target events before the held-out one)"), ("item", "item segment of the held-out item (training interactions)")):
+        names = list(seg)
+        labels = list(seg[names[0]][kind])
+        heads = [f"{lab} (n={seg[names[0]][kind][lab]['n_users']})" for lab in labels]
+        out.append(f"<h2>Test {metric} per {html.escape(title)}</h2>")
+        out.append(_table(["strategy", *heads], [[n] + [seg[n][kind][lab][metric] for lab in labels] for n in names]))
+    return out
+
+
 def render_html(results: dict) -> str:
     test = results["test"]
     run = results.get("run", {})
@@ -120,6 +135,27 @@ def render_html(results: dict) -> str:
     nat = results.get("cold_start_natural", {})
     nat_txt = ", ".join(f"{n}: n={int(c['n_users'])}, NDCG@10={c['NDCG@10']:.4f}" for n, c in nat.items()) or "none in this split"
     parts.append(f"<p>Natural cold-start test users (no target event before the held-out one): {nat_txt}.</p>")
+    parts.extend(segment_tables(results))
+    choice = results.get("strategy_choice")
+    if choice:
+        parts.append("<h2>Strategy choice (selection set, paired bootstrap)</h2><p>" + html.escape(str(choice.get("reason"))) + f"; chosen: <b>{html.escape(str(choice.get('chosen')))}</b></p>")
+    sel = results.get("select_ndcg10", {})
+    if sel:
+        parts.append("<p>" + html.escape(str(run.get("selection_note", ""))) + "</p>")
+        parts.append(_table(["strategy", "selection NDCG@10", "valid NDCG@10 (early stopping)"], [[n, v["mean"], results.get("valid_ndcg10", {}).get(n, {}).get("mean", float("nan"))] for n, v in sel.items()]))
+    hp = results.get("hyper_parameter_search", {})
+    for name, c in hp.items():
+        parts.append(f"<h3>{html.escape(name)}: own hyper-parameters chosen on the selection set</h3>")
+        parts.append(_table(["params", "selection NDCG@10", "best valid NDCG@10", "epochs"], [[json.dumps(t["params"]), t["select_ndcg10"], t["valid_ndcg10"] if t["valid_ndcg10"] is not None else float("nan"), t["epochs"]] for t in c["tried"]]))
+    routing = results.get("routing")
+    if routing:
+        parts.append(f"<h2>Routed model ({html.escape(str(routing.get('strategy')))} + training-free routes, chosen per segment on the selection set)</h2>")
+        parts.append(_table(["segment", "route", "selection users", "selection NDCG@10 per candidate", "why"], [[seg, c["route"], c["n_users"], ", ".join(f"{k} {v:.4f}" for k, v in c["selection_ndcg10"].items()), c["reason"]] for seg, c in routing["routes"].items()]))
+    diag = results.get("diagnose")
+    if diag and "segments" in diag:
+        from crossrec.diagnose import render_section
+
+        parts.append(render_section(diag))
     frac = _plot_fractions(results)
     if frac:
         curve = results["fractions"]

@@ -172,6 +172,39 @@ def test_fraction_limits_target_training_users(data) -> None:
     assert outside and all((s.dom != TARGET).all() for s in outside)
 
 
+def test_selection_set_is_held_out_of_training(data) -> None:
+    """The selection event (last target event of some training users) never appears in what the
+    strategies train on, and the 'select' eval set ranks exactly those events."""
+    ctx = RunContext(data, ModelConfig(in_dim=16, dim=16, max_len=12), TrainConfig(selection_users=10), 0, 1.0)
+    sel = ctx.selection()
+    assert len(sel) == 10 and set(sel) <= set(data.split_users["train"])
+    by_user = dict(zip(data.split_users["train"], ctx.train_seqs("mixed")))
+    for u, p in sel.items():
+        full = data.users[u]
+        assert full.dom[p] == TARGET and (full.dom[p + 1 :] != TARGET).all()  # the last target event
+        assert by_user[u].items.size == p  # cut before it: the event and everything after are gone
+    ev = ctx.eval_set("select", "target")
+    assert sorted(ev.user_ids) == sorted(sel)
+    for u, t in zip(ev.user_ids, ev.targets):
+        assert t == data.users[u].items[sel[u]] - data.catalog.target_offset
+    off = RunContext(data, ModelConfig(in_dim=16, dim=16, max_len=12), TrainConfig(selection_users=0), 0, 1.0)
+    assert off.eval_set("select", "target") is off.eval_set("valid", "target")  # disabled: falls back
+
+
+def test_sasrec_is_self_attention_over_ids_with_its_own_hyper_parameters(data) -> None:
+    from crossrec.adaptation.model import IdItemTower, SeqEncoder
+
+    cfg = TrainConfig(max_epochs=2, patience=2, sasrec_grid=[{"lr": 1e-3, "dropout": 0.5}, {"lr": 1e-2, "n_layers": 1}])
+    ctx = RunContext(data, ModelConfig(in_dim=16, dim=16, max_len=12), cfg, 0, 1.0)
+    t = STRATEGIES["sasrec"](ctx)
+    assert isinstance(t.model.encoder, SeqEncoder) and isinstance(t.model.items, IdItemTower)
+    assert len(t.choice["tried"]) == 2
+    best = max(t.choice["tried"], key=lambda r: r["select_ndcg10"])
+    assert t.choice["kept"] == best["params"]
+    with pytest.raises(ValueError, match="unknown hyper-parameters"):
+        STRATEGIES["sasrec"](RunContext(data, ModelConfig(in_dim=16, dim=16, max_len=12), TrainConfig(sasrec_grid=[{"magic": 1}]), 0, 1.0))
+
+
 def test_unknown_strategy_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown strategies"):
         resolve("target_only,magic")
@@ -198,14 +231,29 @@ def test_pipeline_end_to_end_report_registry_gate_and_inference(work: Path, data
     registry = tmp_path / "work" / "registry"
     res = _run(work, tmp_path / "out", registry)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert set(metrics) == set(resolve("all"))
+    assert set(metrics) == set(resolve("all")) | {"routed"}
     for name in metrics:
         assert {"NDCG@10", "Recall@10", "Recall@50", "MRR", "Precision@10", "F1@10"} <= set(metrics[name])
         assert 0.0 <= metrics[name]["NDCG@10"] <= 1.0
     assert len(res["test"]["target_only"]["NDCG@10"]["values"]) == 2  # two seeds, spread reported
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
-    assert set(res["fractions"]) >= {"target_only"} and "0.5" in res["fractions"]["target_only"]
+    assert set(res["fractions"]) >= {"target_only", "popularity", "item_knn", "sasrec"} and "0.5" in res["fractions"]["target_only"]
+    # every strategy and baseline has every metric per user and item segment, with user counts
+    from crossrec.evaluation import ITEM_SEGMENTS, USER_SEGMENTS
+
+    assert set(res["segments"]) == set(resolve("all")) | {"routed"}
+    for name, seg in res["segments"].items():
+        assert list(seg["user"]) == list(USER_SEGMENTS) and list(seg["item"]) == list(ITEM_SEGMENTS)
+        n_test = res["test"][name]["n_users"]
+        assert sum(seg["user"][s]["n_users"] for s in USER_SEGMENTS[1:]) == n_test
+        assert seg["user"][USER_SEGMENTS[0]]["n_users"] == n_test
+        assert sum(seg["item"][s]["n_users"] for s in ITEM_SEGMENTS) == n_test
+        assert {"NDCG@10", "Recall@10", "MRR"} <= set(seg["item"][ITEM_SEGMENTS[2]])
+    assert "per user segment" in html and "per item segment" in html
+    assert res["strategy_choice"]["chosen"] in res["test"] and "reason" in res["strategy_choice"]
+    assert set(res["select_ndcg10"]) == set(resolve("all")) and "sasrec" in res["hyper_parameter_search"]
+    assert set(res["routing"]["routes"]) == {"cold", "1-2", "3+"} and res["targets"]["routed"]["best_single"] in res["test"]
     assert res["gate"]["promoted"] and res["gate"]["registered"] == "v0001"
 
     # the registered artifact serves: same ranks through the inference API as in the trainer
@@ -316,3 +364,20 @@ def test_cli_passes_hyper_parameters_and_records_them(work: Path, tmp_path: Path
     run = json.loads((out / "results.json").read_text())["run"]
     assert run["train"]["lr"] == 0.001 and run["train"]["max_epochs"] == 2
     assert run["model"]["dim"] == 16 and run["model"]["in_dim"] == 16
+
+
+def test_cli_sasrec_grid_is_parsed_and_bad_json_is_a_clear_error(work: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from crossrec.cli import app
+
+    base = ["adapt", "--input", str(work), "--output", str(tmp_path / "out"), "--strategies", "sasrec", "--fractions", "",
+            "--split", str(work / "users_split.json"), "--registry", str(tmp_path / "reg"), "--no-promote", "--no-diagnose",
+            "--max-epochs", "1", "--dim", "16", "--selection-users", "8"]
+    bad = CliRunner().invoke(app, [*base, "--sasrec-grid", "{not json"])
+    assert bad.exit_code == 1 and "not JSON" in bad.output
+    ok = CliRunner().invoke(app, [*base, "--sasrec-grid", '[{"lr": 0.002}, {"lr": 0.01, "n_heads": 1}]'])
+    assert ok.exit_code == 0, ok.output
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [t["params"] for t in res["hyper_parameter_search"]["sasrec"]["tried"]] == [{"lr": 0.002}, {"lr": 0.01, "n_heads": 1}]
+    assert res["run"]["train"]["selection_users"] == 8 and "diagnose" not in res

@@ -124,6 +124,10 @@ class Recommender:
         last = h[torch.arange(len(rows)), lengths - 1]
         return self.model.logits(last, target_mat).numpy()
 
+    def logits(self, histories: Sequence[History]) -> np.ndarray:
+        """(users, target items) raw model logits, unmasked (the routed model normalises and mixes them)."""
+        return self._logits(histories)
+
     def _masks(self, histories: Sequence[History], excludes: Sequence[Iterable[str]] | None) -> list[np.ndarray]:
         out = []
         for i, h in enumerate(histories):

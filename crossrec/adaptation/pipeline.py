@@ -24,7 +24,7 @@ from crossrec.adaptation.data import AdaptData, load_adapt_data
 from crossrec.adaptation.model import ModelConfig
 from crossrec.adaptation.strategies import STRATEGIES, TRANSFER, RunContext, Trained, resolve
 from crossrec.adaptation.trainer import TrainConfig
-from crossrec.evaluation import HEADLINE, compute_metrics
+from crossrec.evaluation import HEADLINE, ITEM_SEGMENTS, USER_SEGMENTS, compute_metrics, item_segment_of, paired_bootstrap, per_user, segment_metrics, user_segment_of
 from crossrec.registry import ModelRegistry
 
 TEXT_STRATEGIES = ("target_only", *TRANSFER)
@@ -37,7 +37,7 @@ class AdaptOptions:
     strategies: list[str] = field(default_factory=lambda: ["all"])
     seeds: list[int] = field(default_factory=lambda: [0])
     fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5, 1.0])
-    fraction_strategies: list[str] = field(default_factory=lambda: ["target_only", "best"])
+    fraction_strategies: list[str] = field(default_factory=lambda: ["target_only", "best", "popularity", "item_knn", "sasrec"])
     encoder: str = "minilm"
     extra_encoders: list[str] = field(default_factory=list)
     source_domain: str = "art"
@@ -46,6 +46,8 @@ class AdaptOptions:
     registry_dir: Path | None = None
     promote_margin: float = 0.0
     promote: bool = True
+    routing: bool = True  # fit + store the routed model for the registered strategy
+    diagnose: bool = True  # training-free transfer diagnosis in the report (crossrec diagnose)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     threads: int = 2
@@ -66,6 +68,30 @@ def _epoch_seconds(t: Trained) -> float | None:
     return float(np.mean(secs)) if secs else None
 
 
+def segment_report(ctx: RunContext, trained: Trained, ranks: np.ndarray, ev, cold_ranks: np.ndarray) -> dict[str, dict]:
+    """Every metric per user segment and per item segment of the held-out item, with user counts.
+
+    User segments: the constructed cold view (target history hidden), natural cold users (none
+    before the held-out event; often empty), 1-2 and 3+ target events. Item segments: the held-out
+    item's interactions in what this run trained on (0 / 1-4 / 5+): the tail where IDs fail.
+    """
+    users = segment_metrics(ranks, user_segment_of(ev.n_target_hist), USER_SEGMENTS)
+    users[USER_SEGMENTS[0]] = compute_metrics(cold_ranks)
+    counts = ctx.item_train_counts()[ev.targets]
+    return {"user": users, "item": segment_metrics(ranks, item_segment_of(counts), ITEM_SEGMENTS)}
+
+
+def _mean_segments(per_seed: list[dict]) -> dict:
+    """Mean over seeds of each segment's metrics (n_users from the first seed: the same users)."""
+    out: dict = {}
+    for kind in ("user", "item"):
+        out[kind] = {}
+        for seg in per_seed[0][kind]:
+            vals = [s[kind][seg] for s in per_seed]
+            out[kind][seg] = {k: float(np.mean([v[k] for v in vals])) for k in vals[0] if k != "n_users"} | {"n_users": int(vals[0]["n_users"])}
+    return out
+
+
 def run_comparison(
     data: AdaptData, opts: AdaptOptions, names: list[str], say: Callable[[str], None], first_seed_cache: dict | None = None
 ) -> tuple[dict, dict[str, Trained]]:
@@ -77,6 +103,10 @@ def run_comparison(
     timing: dict[str, dict] = {}
     training: dict[str, list] = {}
     keep: dict[str, Trained] = {}
+    segments: dict[str, list[dict]] = {}
+    select: dict[str, list[float]] = {}
+    select_users: dict[str, np.ndarray] = {}  # per-user selection NDCG@10, mean over seeds (bootstrap)
+    choices: dict[str, dict] = {}
     for seed in opts.seeds:
         cache = first_seed_cache if (first_seed_cache is not None and seed == opts.seeds[0]) else {}
         ctx = RunContext(data, opts.model, opts.train, seed, 1.0, progress=say, cache=cache)
@@ -94,17 +124,24 @@ def run_comparison(
                 per_seed.setdefault(name, {}).setdefault(k, []).append(v)
             if test_ev.cold.any():
                 natural_cold[name] = compute_metrics(ranks[test_ev.cold])
-            cm = compute_metrics(trained.ranks(data, ctx.eval_set("test", trained.view, cold=True)))
+            cold_ranks = trained.ranks(data, ctx.eval_set("test", trained.view, cold=True))
+            cm = compute_metrics(cold_ranks)
             for k, v in cm.items():
                 cold.setdefault(name, {}).setdefault(k, []).append(v)
+            segments.setdefault(name, []).append(segment_report(ctx, trained, ranks, test_ev, cold_ranks))
             vm = compute_metrics(trained.ranks(data, ctx.eval_set("valid", trained.view)))
             valid.setdefault(name, []).append(vm["NDCG@10"])
+            sel_vals = per_user(trained.ranks(data, ctx.eval_set("select", trained.view)))
+            select.setdefault(name, []).append(float(sel_vals.mean()) if sel_vals.size else float("nan"))
+            select_users[name] = select_users.get(name, 0) + sel_vals / len(opts.seeds)
+            if trained.choice is not None and seed == opts.seeds[0]:
+                choices[name] = trained.choice
             timing.setdefault(name, {"train_s": [], "eval_s": [], "epochs": [], "s_per_epoch": []})
             timing[name]["train_s"].append(train_s)
             timing[name]["eval_s"].append(eval_s)
             timing[name]["epochs"].append(len(trained.logs))
             timing[name]["s_per_epoch"].append(_epoch_seconds(trained))
-            say(f"[seed {seed}] {name}: test NDCG@10={m['NDCG@10']:.4f} valid={vm['NDCG@10']:.4f} ({train_s:.0f}s train)")
+            say(f"[seed {seed}] {name}: test NDCG@10={m['NDCG@10']:.4f} valid={vm['NDCG@10']:.4f} select={select[name][-1]:.4f} ({train_s:.0f}s train)")
             if seed == opts.seeds[0]:
                 keep[name] = trained
                 training[name] = [asdict(log) for log in trained.logs]
@@ -115,37 +152,164 @@ def run_comparison(
         "valid_ndcg10": {n: _mean_sd(v) for n, v in valid.items()},
         "cold_start_constructed": {n: {k: _mean_sd(v) for k, v in ms.items() if k != "n_users"} | {"n_users": int(ms["n_users"][0])} for n, ms in cold.items()},
         "cold_start_natural": natural_cold,
+        "segments": {n: _mean_segments(v) for n, v in segments.items()},
+        "select_ndcg10": {n: _mean_sd(v) for n, v in select.items()},
+        "hyper_parameter_search": choices,
         "timing": timing,
         "training_curves": training,
     }
+    results["_select_per_user"] = select_users  # popped before writing; used by the bootstrap choices
     return results, keep
 
 
-def run_fraction_curve(data: AdaptData, opts: AdaptOptions, names: list[str], full: dict, say: Callable[[str], None], cache: dict | None = None) -> dict:
+def _positions_for_choices(ctx: RunContext) -> dict[str, int]:
+    """The selection set, or the validation users' held-out events when it is disabled."""
+    sel = ctx.selection()
+    if sel:
+        return sel
+    from crossrec.adaptation.data import SPLIT_CODES
+
+    out = {}
+    for u in ctx.data.split_users["valid"]:
+        s = ctx.data.users.get(u)
+        if s is None:
+            continue
+        p = s.heldout(SPLIT_CODES["valid"])
+        p = s.heldout(SPLIT_CODES["test"]) if p is None else p
+        if p is not None:
+            out[u] = p
+    return out
+
+
+def build_routing(data: AdaptData, opts: AdaptOptions, trained: Trained, cache: dict, say: Callable[[str], None], fraction: float = 1.0):
+    """Fit the routing table for ``trained`` on the selection set and evaluate it on the test users.
+
+    Returns (table, scorers, results-dict with test metrics overall / per segment)."""
+    from crossrec.adaptation.data import SPLIT_CODES, make_eval_set, make_eval_set_at
+    from crossrec.adaptation.routing import fit_routing, score_rows, segment_of
+    from crossrec.adaptation.scorers import TrainingFreeScorers
+    from crossrec.adaptation.trainer import logits_eval_set
+
+    ctx = RunContext(data, opts.model, opts.train, opts.seeds[0], fraction, cache=cache)
+    scorers = TrainingFreeScorers.fit(data, ctx.train_seqs("mixed"))
+    pos = _positions_for_choices(ctx)
+    max_len = opts.model.max_len
+
+    def model_logits(ev) -> np.ndarray:
+        if trained.model is None:
+            raise ValueError("routing needs a trained model")
+        return logits_eval_set(trained.model, data, ev)
+
+    sel_m, sel_v = make_eval_set_at(data, pos, "mixed", None), make_eval_set_at(data, pos, trained.view, max_len)
+    cold_m, cold_v = make_eval_set_at(data, pos, "mixed", None, True), make_eval_set_at(data, pos, trained.view, max_len, True)
+    seg = segment_of(sel_m.n_target_hist)
+    segments = {
+        "cold": (cold_m, cold_v, np.arange(len(cold_m.targets))),
+        "1-2": (sel_m, sel_v, np.flatnonzero(seg == "1-2")),
+        "3+": (sel_m, sel_v, np.flatnonzero(seg == "3+")),
+    }
+    table = fit_routing(data, scorers, model_logits, segments, trained.name, say)
+    # test users: natural histories routed by their segment; the constructed cold view routed as cold
+    users = data.split_users["test"]
+    t_m = make_eval_set(data, users, SPLIT_CODES["test"], "mixed", None)
+    t_v = make_eval_set(data, users, SPLIT_CODES["test"], trained.view, max_len)
+    tc_m = make_eval_set(data, users, SPLIT_CODES["test"], "mixed", None, drop_target_history=True)
+    tc_v = make_eval_set(data, users, SPLIT_CODES["test"], trained.view, max_len, drop_target_history=True)
+    logits, cold_logits = model_logits(t_v), model_logits(tc_v)
+    ranks = np.zeros(len(t_m.targets), np.int64)
+    t_seg = segment_of(t_m.n_target_hist)
+    routes_used: dict[str, int] = {}
+    for name in ("cold", "1-2", "3+"):
+        rows = np.flatnonzero(t_seg == name)
+        if rows.size:
+            ranks[rows] = rank_rows(score_rows(table.routes.get(name), scorers, t_m, logits[rows], rows), t_m, rows)
+            routes_used[name] = int(rows.size)
+    all_rows = np.arange(len(tc_m.targets))
+    cold_ranks = rank_rows(score_rows(table.routes.get("cold"), scorers, tc_m, cold_logits, all_rows), tc_m, all_rows) if all_rows.size else np.zeros(0, np.int64)
+    users_seg = segment_metrics(ranks, user_segment_of(t_m.n_target_hist), USER_SEGMENTS)
+    users_seg[USER_SEGMENTS[0]] = compute_metrics(cold_ranks)
+    counts = ctx.item_train_counts()[t_m.targets]
+    out = {
+        "test": compute_metrics(ranks),
+        "cold": compute_metrics(cold_ranks),
+        "segments": {"user": users_seg, "item": segment_metrics(ranks, item_segment_of(counts), ITEM_SEGMENTS)},
+        "routes_used": routes_used,
+    }
+    return table, scorers, out
+
+
+def rank_rows(scores: np.ndarray, ev, rows: np.ndarray) -> np.ndarray:
+    from crossrec.adaptation.scorers import rank_scores
+
+    return rank_scores(scores, ev, rows)
+
+
+def run_fraction_curve(
+    data: AdaptData, opts: AdaptOptions, names: list[str], full: dict, say: Callable[[str], None], cache: dict | None = None, routed_strategy: str | None = None
+) -> dict:
     """NDCG@10 etc. when only a fraction of the target training users is available (seed 0).
 
     Source pretraining is cached once and shared by every fraction; fraction 1.0 reuses the main run.
+    With ``routed_strategy``, the routed model is rebuilt at every fraction on top of that strategy
+    (its scorers and routes fitted on the same fraction of target training users).
     """
     seed = opts.seeds[0]
     curve: dict[str, dict[str, dict]] = {n: {} for n in names}
+    if routed_strategy:
+        curve["routed"] = {}
     cache = {} if cache is None else cache  # shares seed-0 source pretraining with the main run
     for frac in opts.fractions:
-        for name in names:
+        trained_here: dict[str, Trained] = {}
+        for name in names + ([routed_strategy] if routed_strategy and routed_strategy not in names else []):
             if frac >= 1.0 and name in full["test"]:
-                curve[name][str(frac)] = {k: v["values"][0] for k, v in full["test"][name].items() if k != "n_users"}
+                if name in curve:
+                    curve[name][str(frac)] = {k: v["values"][0] for k, v in full["test"][name].items() if k != "n_users"}
                 continue
             ctx = RunContext(data, opts.model, opts.train, seed, frac, progress=None, cache=cache)
             t0 = time.perf_counter()
-            trained = STRATEGIES[name](ctx)
-            m = compute_metrics(trained.ranks(data, ctx.eval_set("test", trained.view)))
-            curve[name][str(frac)] = {**m, "n_target_users": len(ctx.target_users())}
-            say(f"[fraction {frac:g}] {name}: test NDCG@10={m['NDCG@10']:.4f} ({time.perf_counter() - t0:.0f}s)")
+            trained = trained_here[name] = STRATEGIES[name](ctx)
+            if name in curve:
+                m = compute_metrics(trained.ranks(data, ctx.eval_set("test", trained.view)))
+                curve[name][str(frac)] = {**m, "n_target_users": len(ctx.target_users())}
+                say(f"[fraction {frac:g}] {name}: test NDCG@10={m['NDCG@10']:.4f} ({time.perf_counter() - t0:.0f}s)")
+        if routed_strategy:
+            if frac >= 1.0 and "routed" in full["test"]:
+                curve["routed"][str(frac)] = {k: v["values"][0] for k, v in full["test"]["routed"].items() if k != "n_users"}
+            elif routed_strategy in trained_here:
+                _, _, r = build_routing(data, opts, trained_here[routed_strategy], cache, lambda s: None, fraction=frac)
+                curve["routed"][str(frac)] = r["test"]
+                say(f"[fraction {frac:g}] routed ({routed_strategy}): test NDCG@10={r['test']['NDCG@10']:.4f}")
     return curve
 
 
 def best_by_validation(results: dict, candidates: tuple[str, ...] | list[str]) -> str | None:
-    have = [n for n in candidates if n in results["valid_ndcg10"]]
-    return max(have, key=lambda n: results["valid_ndcg10"][n]["mean"]) if have else None
+    """Highest mean selection-set NDCG@10 (the validation users when no selection set exists)."""
+    key = "select_ndcg10" if results.get("select_ndcg10") else "valid_ndcg10"
+    have = [n for n in candidates if n in results[key]]
+    return max(have, key=lambda n: results[key][n]["mean"]) if have else None
+
+
+def choose_with_confidence(results: dict, candidates: list[str], baseline: str) -> dict:
+    """Pick the best of ``candidates`` on the selection set, but keep ``baseline`` unless the paired
+    bootstrap CI of the difference (selection users) excludes zero. Says which and why."""
+    per = results.get("_select_per_user", {})
+    best = best_by_validation(results, candidates)
+    out: dict = {"best_on_selection": best, "baseline": baseline, "chosen": baseline}
+    if best is None or baseline not in per or best not in per:
+        out["chosen"] = best or baseline
+        out["reason"] = "no paired comparison possible"
+        return out
+    if best == baseline:
+        out["reason"] = f"{baseline} is itself the best on the selection set"
+        return out
+    ci = paired_bootstrap(per[best], per[baseline])
+    out["ci_vs_baseline"] = ci
+    if ci["includes_zero"]:
+        out["reason"] = f"{best} vs {baseline}: {ci['rel']:+.1%} on {ci['n_users']} selection users, 95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}] includes zero: keeping {baseline}"
+    else:
+        out["chosen"] = best if ci["lo"] > 0 else baseline
+        out["reason"] = f"{best} vs {baseline}: {ci['rel']:+.1%} on {ci['n_users']} selection users, 95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}] excludes zero: {out['chosen']}"
+    return out
 
 
 def check_targets(results: dict, best: str | None) -> dict:
@@ -171,17 +335,95 @@ def check_targets(results: dict, best: str | None) -> dict:
     return out
 
 
-def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep: dict[str, Trained], registry: ModelRegistry, say: Callable[[str], None]) -> dict:
-    """Register the best text model (validation-selected) and let the gate decide promotion."""
+def _pooled(seg: dict, labels: list[str], metric: str = "NDCG@10") -> tuple[float, int]:
+    """Mean of ``metric`` over the union of segments (weighted by their user counts)."""
+    n = sum(seg[lab]["n_users"] for lab in labels)
+    if n == 0:
+        return float("nan"), 0
+    return sum(seg[lab][metric] * seg[lab]["n_users"] for lab in labels if seg[lab]["n_users"]) / n, n
+
+
+def check_language(results: dict) -> dict:
+    """Issue 14 point 4/5 targets, from this run's numbers (test users; every choice made on selection users)."""
+    test, seg = results["test"], results.get("segments", {})
+    chosen = results.get("strategy_choice", {}).get("chosen")
+    out: dict = {}
+    if chosen in seg and "sasrec" in seg:
+        tail = [ITEM_SEGMENTS[0], ITEM_SEGMENTS[1]]
+        t, n = _pooled(seg[chosen]["item"], tail)
+        sr, _ = _pooled(seg["sasrec"]["item"], tail)
+        out["tail_items_text_vs_sasrec"] = {"text_model": chosen, "text": t, "sasrec": sr, "n_test_events": n,
+                                            "ratio": t / sr if sr > 0 else float("inf"), "target": 3.0, "met": bool(sr == 0 and t > 0 or (sr > 0 and t / sr >= 3.0))}
+    if "sasrec" in test:
+        s_ = test["sasrec"]["NDCG@10"]["mean"]
+        for name in (chosen, "routed"):
+            if name in test and s_ > 0:
+                g = test[name]["NDCG@10"]["mean"] / s_ - 1
+                out[f"{name}_vs_sasrec" if name == "routed" else "text_vs_sasrec"] = {"model": name, "gain": g, "target": 0.30, "met": g >= 0.30}
+    diag = results.get("diagnose", {})
+    if "zero_shot" in test and "segments" in diag:
+        natural = [k for k in USER_SEGMENTS[1:] if diag["segments"].get(k, {}).get("n_users")]
+        tot = sum(diag["segments"][k]["n_users"] for k in natural)
+        best_name, best_val = None, -1.0
+        for sig in ("text_last_any", "text_last_target", "text_source", "source_cooc"):
+            v = sum(diag["segments"][k]["signals_test_ndcg10"][sig] * diag["segments"][k]["n_users"] for k in natural) / max(tot, 1)
+            if v > best_val:
+                best_name, best_val = sig, v
+        z = test["zero_shot"]["NDCG@10"]["mean"]
+        out["new_domain_zero_shot_vs_training_free"] = {"zero_shot": z, "best_training_free": best_name, "training_free": best_val,
+                                                       "ratio": z / best_val if best_val > 0 else float("inf"), "target": 1.5, "met": best_val > 0 and z / best_val >= 1.5}
+    curve = results.get("fractions", {})
+    if "routed" in curve and "0.1" in curve["routed"] and "target_only" in test:
+        r10, t100 = curve["routed"]["0.1"]["NDCG@10"], test["target_only"]["NDCG@10"]["values"][0]
+        out["routed_at_10pct_vs_target_only_full"] = {"routed_10pct": r10, "target_only_100pct": t100, "ratio": r10 / t100 if t100 > 0 else float("inf"), "target": 0.85, "met": t100 > 0 and r10 / t100 >= 0.85}
+    if "routed" in test and "target_only" in test and "overall" in diag:
+        g_diag = diag["overall"]["gain"]["rel"]
+        t = test["target_only"]["NDCG@10"]["mean"]
+        g = test["routed"]["NDCG@10"]["mean"] / t - 1 if t > 0 else float("nan")
+        out["signal_capture"] = {"diagnose_gain": g_diag, "routed_gain_over_target_only": g, "met": bool(g >= max(g_diag, 0.0))}
+    return out
+
+
+def check_routed(results: dict) -> dict:
+    """The issue's routing targets on test users: routed >= every single scorer overall, and >=
+    popularity in every user segment (the constructed cold one included)."""
+    test, seg = results["test"], results.get("segments", {})
+    if "routed" not in test:
+        return {}
+    r = test["routed"]["NDCG@10"]["mean"]
+    singles = {n: v["NDCG@10"]["mean"] for n, v in test.items() if n != "routed"}
+    out: dict = {"routed": r, "best_single": max(singles, key=lambda n: singles[n]) if singles else None}
+    out["routed_ge_every_single"] = all(r >= v for v in singles.values())
+    if "popularity" in seg:
+        per = {}
+        for s_name, m in seg["routed"]["user"].items():
+            p = seg["popularity"]["user"][s_name]
+            if m["n_users"]:
+                per[s_name] = {"routed": m["NDCG@10"], "popularity": p["NDCG@10"], "met": m["NDCG@10"] >= p["NDCG@10"]}
+        out["ge_popularity_per_segment"] = per
+    return out
+
+
+def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep: dict[str, Trained], registry: ModelRegistry, say: Callable[[str], None], routing=None) -> dict:
+    """Register the text model chosen on the selection set (with its CI) and let the gate decide promotion.
+
+    The gate itself compares mean validation NDCG@10 (registry.gate); before it runs, a paired
+    bootstrap over the validation users of candidate vs the re-scored current model decides whether
+    the difference is signal at all: when its CI includes zero the current model is kept, and the
+    decision says so.
+    """
     from crossrec.adaptation.data import SPLIT_CODES, make_eval_set
     from crossrec.adaptation.inference import Recommender
 
-    cand_name = best_by_validation(results, [n for n in TEXT_STRATEGIES if n in keep])
+    cand_name = results.get("strategy_choice", {}).get("chosen")
+    if cand_name not in keep or cand_name not in TEXT_STRATEGIES:
+        cand_name = best_by_validation(results, [n for n in TEXT_STRATEGIES if n in keep])
     if cand_name is None:
         return {"registered": None, "reason": "no text-based strategy was trained"}
     trained = keep[cand_name]
     ev = make_eval_set(data, data.split_users["valid"], SPLIT_CODES["valid"], trained.view, opts.model.max_len)
-    valid_m = compute_metrics(trained.ranks(data, ev))
+    cand_ranks = trained.ranks(data, ev)
+    valid_m = compute_metrics(cand_ranks)
     test_m = {k: v["values"][0] for k, v in results["test"][cand_name].items() if k != "n_users"}
     manifest = {
         "strategy": cand_name,
@@ -196,12 +438,16 @@ def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep:
     }
 
     def write(tmp: Path) -> None:
-        write_artifact(tmp, trained.model, data, cand_name, trained.view, extra={"seed": opts.seeds[0]})  # type: ignore[arg-type]
+        write_artifact(tmp, trained.model, data, cand_name, trained.view, extra={"seed": opts.seeds[0], "routed": routing is not None and routing[0].strategy == cand_name})  # type: ignore[arg-type]
+        if routing is not None and routing[0].strategy == cand_name:
+            from crossrec.adaptation.routing import write_routing
+
+            write_routing(tmp / "routing", *routing)
         (tmp / "metrics.json").write_text(json.dumps({"valid": valid_m, "test": test_m}, indent=2))
 
     version = registry.register(write, manifest)
     say(f"registered {version} ({cand_name}, valid NDCG@10={valid_m['NDCG@10']:.4f})")
-    current_metric, rescored = None, False
+    current_metric, rescored, ci = None, False, None
     cur = registry.current()
     if cur is not None:
         try:  # re-score the serving model on today's validation data: a fair comparison
@@ -209,15 +455,24 @@ def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep:
             cur_ev = make_eval_set(data, data.split_users["valid"], SPLIT_CODES["valid"], "mixed", None)
             hists = [[data.catalog.keys[int(g)] for g in h] for h in cur_ev.histories]
             tids = [data.catalog.keys[int(t) + data.catalog.target_offset][1] for t in cur_ev.targets]
-            current_metric = compute_metrics(rec.ranks(hists, tids))["NDCG@10"]
+            cur_ranks = rec.ranks(hists, tids)
+            current_metric = compute_metrics(cur_ranks)["NDCG@10"]
             rescored = True
+            if len(cur_ranks) == len(cand_ranks):
+                ci = paired_bootstrap(per_user(cand_ranks), per_user(cur_ranks))
         except Exception as exc:  # noqa: BLE001 - an unreadable old artifact falls back to its stored number
             say(f"could not re-score current model {cur} ({exc}); using its stored validation metric")
     if not opts.promote:
         return {"registered": version, "strategy": cand_name, "promoted": False, "reason": "--no-promote"}
+    if ci is not None and ci["includes_zero"] and valid_m["NDCG@10"] > (current_metric or 0.0) + opts.promote_margin:
+        why = (f"validation NDCG@10 {valid_m['NDCG@10']:.4f} vs current {cur} {current_metric:.4f}: paired 95% CI of the difference "
+               f"[{ci['lo']:+.4f}, {ci['hi']:+.4f}] over {ci['n_users']} users includes zero; keeping {cur}")
+        say(why)
+        return {"registered": version, "strategy": cand_name, "promoted": False, "candidate": version, "current": cur, "reason": why,
+                "ci_vs_current": ci, "current_rescored_on_today_valid": rescored}
     decision = registry.gate(version, opts.promote_margin, current_metric)
     say(decision.reason)
-    return {"registered": version, "strategy": cand_name, **asdict(decision), "current_rescored_on_today_valid": rescored}
+    return {"registered": version, "strategy": cand_name, **asdict(decision), "ci_vs_current": ci, "current_rescored_on_today_valid": rescored}
 
 
 def run_adapt(opts: AdaptOptions, say: Callable[[str], None] = print) -> dict:
@@ -238,13 +493,37 @@ def run_adapt(opts: AdaptOptions, say: Callable[[str], None] = print) -> dict:
     results, keep = run_comparison(data, opts, names, say, first_seed_cache=shared)
     t_main = time.perf_counter() - t_start
     best = best_by_validation(results, [n for n in TRANSFER if n in results["valid_ndcg10"]])
+    text_names = [n for n in TEXT_STRATEGIES if n in keep]
+    if text_names:
+        results["strategy_choice"] = choose_with_confidence(results, text_names, "target_only" if "target_only" in text_names else text_names[0])
+        say(f"strategy choice: {results['strategy_choice'].get('reason')}")
+    routing = None
+    chosen = results.get("strategy_choice", {}).get("chosen")
+    if opts.routing and chosen in keep and keep[chosen].model is not None:
+        t_r = time.perf_counter()
+        table, scorers, routed = build_routing(data, opts, keep[chosen], shared, say)
+        routing = (table, scorers)
+        one = lambda m: {k: {"mean": v, "sd": 0.0, "values": [v]} for k, v in m.items() if k != "n_users"} | {"n_users": int(m["n_users"])}  # noqa: E731
+        results["routing"] = table.to_dict() | {"routes_used_on_test": routed["routes_used"], "seconds": time.perf_counter() - t_r}
+        results["test"]["routed"] = one(routed["test"])
+        results["cold_start_constructed"]["routed"] = one(routed["cold"])
+        results["segments"]["routed"] = routed["segments"]
+        say(f"routed ({chosen} + training-free routes): test NDCG@10={routed['test']['NDCG@10']:.4f}")
+    if opts.diagnose:
+        from crossrec.diagnose import diagnose_data
+
+        try:
+            results["diagnose"] = diagnose_data(data, opts.train.selection_users or 2000, say)
+        except ValueError as exc:
+            results["diagnose"] = {"skipped": str(exc)}
     frac_names = []
     for n in opts.fraction_strategies:
         n = best if n == "best" else n
         if n and n not in frac_names and n in STRATEGIES:
             frac_names.append(n)
     t1 = time.perf_counter()
-    results["fractions"] = run_fraction_curve(data, opts, frac_names, results, say, cache=shared) if opts.fractions and frac_names else {}
+    routed_frac = results.get("strategy_choice", {}).get("chosen") if ("routed" in opts.fraction_strategies and "routed" in results["test"]) else None
+    results["fractions"] = run_fraction_curve(data, opts, frac_names, results, say, cache=shared, routed_strategy=routed_frac) if opts.fractions and (frac_names or routed_frac) else {}
     frac_s = time.perf_counter() - t1
     results["encoders"] = {opts.encoder: {n: results["test"][n]["NDCG@10"]["mean"] for n in results["test"]}}
     for enc in opts.extra_encoders:
@@ -262,7 +541,9 @@ def run_adapt(opts: AdaptOptions, say: Callable[[str], None] = print) -> dict:
         results["encoders"][enc] = {n: r["test"][n]["NDCG@10"]["mean"] for n in r["test"]}
     results["targets"] = check_targets(results, best)
     registry = ModelRegistry(opts.registry_dir or Path(opts.input_dir) / "registry")
-    results["gate"] = _register_and_gate(data, opts, results, keep, registry, say)
+    results["gate"] = _register_and_gate(data, opts, results, keep, registry, say, routing)
+    results["targets"]["routed"] = check_routed(results)
+    results["targets"]["language_and_signal"] = check_language(results)
     results["run"] = {
         "encoder": opts.encoder,
         "seeds": opts.seeds,
@@ -282,8 +563,10 @@ def run_adapt(opts: AdaptOptions, say: Callable[[str], None] = print) -> dict:
         "rss_at_start_mb": rss0,
         "threads": torch.get_num_threads(),
         "metric_names": list(HEADLINE),
+        "selection_note": f"strategy / hyper-parameter / route choices on the selection set: the last target event of {len(shared.get(('selection', opts.train.selection_users), {}))} training users (>= 2 target events), held out of their training sequences; early stopping on the validation users",
         "cold_start_note": "constructed view: the test users' target-domain history is removed (source history only); natural cold-start users are those with no target event before the held-out one",
     }
+    results.pop("_select_per_user", None)
     write_report(results, Path(opts.output_dir))
     say(f"wrote {Path(opts.output_dir) / 'metrics.json'} and report.html in {results['run']['total_s']:.0f}s")
     return results

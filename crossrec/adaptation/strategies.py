@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from crossrec.adaptation.baselines import ItemKNN, Popularity, sasrec_model
-from crossrec.adaptation.data import SOURCE, TARGET, AdaptData, EvalSet, UserSeq, make_eval_set, SPLIT_CODES
+from crossrec.adaptation.data import SOURCE, TARGET, AdaptData, EvalSet, UserSeq, make_eval_set, make_eval_set_at, selection_positions, truncate_at, SPLIT_CODES
 from crossrec.adaptation.model import CrossDomainModel, ModelConfig
 from crossrec.evaluation import compute_metrics
 from crossrec.adaptation.trainer import EpochLog, Phase, TrainConfig, ndcg10, score_eval_set, train_phase
@@ -32,6 +32,7 @@ class Trained:
     baseline: Popularity | ItemKNN | None = None  # a training-free scorer instead of a model
     logs: list[EpochLog] = field(default_factory=list)
     best_valid: float | None = None
+    choice: dict | None = None  # a hyper-parameter search's candidates and what was kept (SASRec)
 
     @property
     def kind(self) -> str:
@@ -57,10 +58,34 @@ class RunContext:
 
     # ---- data views -------------------------------------------------------------------------
     def eval_set(self, split: str, view: str, cold: bool = False) -> EvalSet:
+        """'valid' (early stopping), 'test' (reporting) or 'select' (choices; falls back to 'valid'
+        when the selection set is disabled or empty)."""
+        if split == "select" and not self.selection():
+            split = "valid"
         key = ("eval", split, view, cold)
         if key not in self.cache:
-            users = self.data.split_users[split]
-            self.cache[key] = make_eval_set(self.data, users, SPLIT_CODES[split if split != "train" else "test"], view, self.model_cfg.max_len, drop_target_history=cold)
+            if split == "select":
+                self.cache[key] = make_eval_set_at(self.data, self.selection(), view, self.model_cfg.max_len, drop_target_history=cold)
+            else:
+                users = self.data.split_users[split]
+                self.cache[key] = make_eval_set(self.data, users, SPLIT_CODES[split if split != "train" else "test"], view, self.model_cfg.max_len, drop_target_history=cold)
+        return self.cache[key]
+
+    def selection(self) -> dict[str, int]:
+        """Held-out positions of the selection set (same users for every seed and fraction)."""
+        key = ("selection", self.train_cfg.selection_users)
+        if key not in self.cache:
+            self.cache[key] = selection_positions(self.data, self.train_cfg.selection_users)
+        return self.cache[key]
+
+    def item_train_counts(self) -> np.ndarray:
+        """Training interactions per target item (local index) in what this run trains on."""
+        key = ("item_counts", self.seed, self.fraction)
+        if key not in self.cache:
+            counts = np.zeros(self.data.catalog.n_target, np.int64)
+            for s in self.train_seqs("target"):
+                np.add.at(counts, s.items - self.data.catalog.target_offset, 1)
+            self.cache[key] = counts
         return self.cache[key]
 
     def target_users(self) -> set[str]:
@@ -76,11 +101,13 @@ class RunContext:
     def train_seqs(self, view: str) -> list[UserSeq]:
         """Training sequences in ``view``; users outside the target fraction keep only source events."""
         keep = self.target_users()
+        held = self.selection()
         out = []
         for u in self.data.split_users["train"]:
             s = self.data.users.get(u)
             if s is None:
                 continue
+            s = truncate_at(s, held.get(u))
             if u not in keep:
                 s = s.view("source")
             out.append(s.view(view))
@@ -207,14 +234,43 @@ def _baseline(ctx: RunContext, name: str, scorer: Popularity | ItemKNN) -> Train
     return t
 
 
+def _split_overrides(over: dict) -> tuple[dict, dict]:
+    model_keys, train_keys = set(ModelConfig.__dataclass_fields__), set(TrainConfig.__dataclass_fields__)
+    unknown = set(over) - model_keys - train_keys
+    if unknown:
+        raise ValueError(f"sasrec_grid: unknown hyper-parameters {sorted(unknown)}")
+    return {k: v for k, v in over.items() if k in model_keys}, {k: v for k, v in over.items() if k in train_keys}
+
+
 @strategy("sasrec")
 def sasrec(ctx: RunContext) -> Trained:
-    """ID-based sequential baseline on the target domain only."""
-    torch.manual_seed(ctx.seed)
-    model = sasrec_model(ctx.model_cfg, ctx.data.catalog.n_items)
+    """SASRec (Kang & McAuley 2018): causal self-attention over free item-ID embeddings, target only.
+
+    Its own hyper-parameters: every entry of ``train_cfg.sasrec_grid`` is trained (early stopping on
+    the validation users) and the one with the best selection-set NDCG@10 is kept, so it is not
+    handicapped by the text model's learning rate and dropout. The choice is made once (first call,
+    full data) and reused by the fraction curve, which would otherwise pay for the grid per point.
+    """
     seqs = [s for s in ctx.train_seqs("target") if s.items.size]
-    res = train_phase(model, ctx.data, Phase("sasrec", seqs, {TARGET}, "target"), ctx.train_cfg, ctx.seed, ctx.validator("target"), ctx.progress)
-    return Trained("sasrec", "target", model=model, logs=res.logs, best_valid=res.best_valid)
+    sel = ctx.eval_set("select", "target")
+    fixed = ctx.cache.get(("sasrec_params",))
+    grid = [fixed] if fixed is not None else list(ctx.train_cfg.sasrec_grid) or [{}]
+    best: tuple[float, CrossDomainModel, list, float | None, dict] | None = None
+    tried = []
+    for over in grid:
+        m_over, t_over = _split_overrides(over)
+        mcfg = ModelConfig(**{**ctx.model_cfg.to_dict(), "encoder": "transformer", **m_over})
+        tcfg = TrainConfig(**{**ctx.train_cfg.__dict__, **t_over})
+        torch.manual_seed(ctx.seed)
+        model = sasrec_model(mcfg, ctx.data.catalog.n_items)
+        res = train_phase(model, ctx.data, Phase("sasrec", seqs, {TARGET}, "target"), tcfg, ctx.seed, ctx.validator("target"), ctx.progress)
+        score = compute_metrics(score_eval_set(model, ctx.data, sel))["NDCG@10"]
+        tried.append({"params": over, "select_ndcg10": score, "valid_ndcg10": res.best_valid, "epochs": len(res.logs)})
+        if best is None or score > best[0]:
+            best = (score, model, res.logs, res.best_valid, over)
+    assert best is not None
+    ctx.cache.setdefault(("sasrec_params",), best[4])
+    return Trained("sasrec", "target", model=best[1], logs=best[2], best_valid=best[3], choice={"tried": tried, "kept": best[4]})
 
 
 ALL = ("target_only", *TRANSFER, "popularity", "item_knn", "sasrec")

@@ -42,6 +42,13 @@ class TrainConfig:
     # popularity; benchmarks/bench_transfer_signal.py), and the mixed view measured worse
     # (finetune-all test NDCG@10 0.042-0.059 mixed, by residual variant, vs 0.064 target; seed 42).
     transfer_view: str = "target"
+    # Selection set (data.selection_positions): how many training users lend their last target event
+    # to strategy / route / hyper-parameter choice, kept out of their training sequences. 0 = choose
+    # on the validation users (the early-stopping set) as before.
+    selection_users: int = 2000
+    # The SASRec baseline's own hyper-parameters: each entry overrides ModelConfig/TrainConfig fields;
+    # the entry with the best selection-set NDCG@10 is kept (early stopping on validation as usual).
+    sasrec_grid: list[dict] = field(default_factory=lambda: [{"lr": 1e-3, "dropout": 0.5}, {"lr": 3e-3, "dropout": 0.2}])
 
     def __post_init__(self) -> None:
         if self.transfer_view not in ("target", "mixed"):
@@ -212,6 +219,30 @@ def train_phase(
     for p in model.parameters():
         p.requires_grad_(True)
     return result
+
+
+@torch.no_grad()
+def logits_eval_set(model: CrossDomainModel, data: AdaptData, ev: EvalSet, batch_size: int = 256) -> np.ndarray:
+    """(users, n_target) float32 logits of every target item (unmasked): what blends and routes mix."""
+    model.eval()
+    cat = data.catalog
+    target_vecs = model.item_vecs(torch.arange(cat.target_offset, cat.n_items))
+    out = []
+    for s in range(0, len(ev.targets), batch_size):
+        hists = ev.histories[s : s + batch_size]
+        L = max(len(h) for h in hists) + 1
+        tok = torch.zeros(len(hists), L, dtype=torch.int64)
+        for i, h in enumerate(hists):
+            tok[i, 1 : len(h) + 1] = torch.as_tensor(h)
+        lengths = torch.as_tensor([len(h) + 1 for h in hists])
+        needed = torch.unique(tok[tok > 0])
+        vecs = torch.zeros(cat.n_items, model.cfg.dim)
+        if needed.numel():
+            vecs[needed] = model.item_vecs(needed)
+        h = model.user_states(vecs[tok], _token_domains(data, tok), lengths)
+        last = h[torch.arange(len(hists)), lengths - 1]
+        out.append(model.logits(last, target_vecs).numpy().astype(np.float32))
+    return np.concatenate(out) if out else np.zeros((0, cat.n_target), np.float32)
 
 
 @torch.no_grad()

@@ -39,6 +39,10 @@ def adapt(
     transfer_view: str = typer.Option("target", help="history the transfer strategies read: target (transfer through shared weights) | mixed (also the user's source history)"),
     threads: int = typer.Option(2, help="torch CPU threads"),
     run_key: str | None = typer.Option(None, "--run-key", help="idempotence key (e.g. nightly-2026-01-01): if a model was already registered under it, nothing is trained again"),
+    selection_users: int = typer.Option(2000, min=0, help="training users whose last target event is held out as the selection set (choices, routes, SASRec's grid); 0 = choose on the validation users"),
+    sasrec_grid: str = typer.Option("", help='SASRec hyper-parameter candidates as JSON, e.g. \'[{"lr": 0.001, "dropout": 0.5}, {"lr": 0.003, "max_epochs": 10}]\' (default: TrainConfig.sasrec_grid)'),
+    routing: bool = typer.Option(True, help="fit and store the routed model (per-segment routes) with the registered artifact"),
+    diagnose: bool = typer.Option(True, help="add the training-free transfer diagnosis (crossrec diagnose) to the report"),
 ) -> None:
     """Compare target-only, fine-tuning, adversarial joint training, zero-shot and baselines."""
     from crossrec.adaptation.model import ModelConfig
@@ -46,8 +50,21 @@ def adapt(
     from crossrec.adaptation.strategies import resolve
     from crossrec.adaptation.trainer import TrainConfig
 
+    import json
+
     settings = get_settings()
     work = Path(input or settings.work_dir)
+    extra_train: dict = {}
+    if sasrec_grid.strip():
+        try:
+            grid = json.loads(sasrec_grid)
+        except json.JSONDecodeError as exc:
+            err_console.print(f"[red]error:[/] --sasrec-grid is not JSON: {exc}")
+            raise typer.Exit(1) from exc
+        if not isinstance(grid, list) or not all(isinstance(g, dict) for g in grid):
+            err_console.print("[red]error:[/] --sasrec-grid must be a JSON list of objects")
+            raise typer.Exit(1)
+        extra_train["sasrec_grid"] = grid
     split_path = split or (Path(settings.data_dir) / "users_split.json")
     if run_key is not None:
         from crossrec.registry import ModelRegistry
@@ -73,8 +90,10 @@ def adapt(
             registry_dir=registry or work / "registry",
             promote_margin=promote_margin,
             promote=promote,
+            routing=routing,
+            diagnose=diagnose,
             model=ModelConfig(dim=dim, encoder=seq_encoder, item_tower=item_tower),
-            train=TrainConfig(lr=lr, max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives, transfer_view=transfer_view),
+            train=TrainConfig(lr=lr, max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives, transfer_view=transfer_view, selection_users=selection_users, **extra_train),
             threads=threads,
             run_key=run_key,
         )
