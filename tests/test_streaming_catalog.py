@@ -5,6 +5,7 @@ member of the group, a freshly loaded model and the nightly publish (real model,
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def test_a_streamed_item_survives_restart_reload_publish_and_is_scored_by_anothe
     ])
     members = [RecsConsumer(settings, lambda: load_scorer(settings), poll_timeout_ms=200) for _ in range(2)]
     try:
-        for _ in range(40):
+        deadline = time.monotonic() + 90  # two members joining one group: rebalances are slow on a busy host
+        while time.monotonic() < deadline:
             for member in members:
                 member.run(max_seconds=0.3)
             if sum(m.stats.lists_written for m in members) >= 1:

@@ -83,7 +83,7 @@ def test_good_night_then_broken_upstream_stops_at_the_gate(airflow_settings) -> 
     assert summary["decision"] == promoted[0] and summary["current_model"] == "v0001" and summary["why"]
     assert {"clean_logs", "embed_items", "train_candidates", "publish_recs"} <= set(summary["times_s"])
     assert summary["embedding"]["dtype"] in ("fp32", "bf16")
-    assert set(summary["test"]) == {settings.nightly.fallback_strategy, "target_only"}
+    assert set(summary["test"]) == {settings.nightly.fallback_strategy, "target_only", "routed"}  # routed: fitted over the candidates
 
     # the next night the target domain is gone from the logs
     raw = settings.data_dir / "events.jsonl.gz"
