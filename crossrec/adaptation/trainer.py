@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -222,51 +223,40 @@ def train_phase(
 
 
 @torch.no_grad()
+def _logit_batches(model: CrossDomainModel, data: AdaptData, ev: EvalSet, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first user of the batch, its (users, n_target) logits of every target item, unmasked):
+    batches, so a caller that only needs ranks never holds the whole score matrix."""
+    model.eval()
+    cat = data.catalog
+    target_vecs = model.item_vecs(torch.arange(cat.target_offset, cat.n_items))
+    for s in range(0, len(ev.targets), batch_size):
+        hists = ev.histories[s : s + batch_size]
+        L = max(len(h) for h in hists) + 1
+        tok = torch.zeros(len(hists), L, dtype=torch.int64)
+        for i, h in enumerate(hists):
+            tok[i, 1 : len(h) + 1] = torch.as_tensor(h)
+        lengths = torch.as_tensor([len(h) + 1 for h in hists])
+        needed = torch.unique(tok[tok > 0])
+        vecs = torch.zeros(cat.n_items, model.cfg.dim)
+        if needed.numel():
+            vecs[needed] = model.item_vecs(needed)
+        h = model.user_states(vecs[tok], _token_domains(data, tok), lengths)
+        last = h[torch.arange(len(hists)), lengths - 1]
+        yield s, model.logits(last, target_vecs).numpy()
+
+
 def logits_eval_set(model: CrossDomainModel, data: AdaptData, ev: EvalSet, batch_size: int = 256) -> np.ndarray:
     """(users, n_target) float32 logits of every target item (unmasked): what blends and routes mix."""
-    model.eval()
-    cat = data.catalog
-    target_vecs = model.item_vecs(torch.arange(cat.target_offset, cat.n_items))
-    out = []
-    for s in range(0, len(ev.targets), batch_size):
-        hists = ev.histories[s : s + batch_size]
-        L = max(len(h) for h in hists) + 1
-        tok = torch.zeros(len(hists), L, dtype=torch.int64)
-        for i, h in enumerate(hists):
-            tok[i, 1 : len(h) + 1] = torch.as_tensor(h)
-        lengths = torch.as_tensor([len(h) + 1 for h in hists])
-        needed = torch.unique(tok[tok > 0])
-        vecs = torch.zeros(cat.n_items, model.cfg.dim)
-        if needed.numel():
-            vecs[needed] = model.item_vecs(needed)
-        h = model.user_states(vecs[tok], _token_domains(data, tok), lengths)
-        last = h[torch.arange(len(hists)), lengths - 1]
-        out.append(model.logits(last, target_vecs).numpy().astype(np.float32))
-    return np.concatenate(out) if out else np.zeros((0, cat.n_target), np.float32)
+    out = [scores.astype(np.float32) for _, scores in _logit_batches(model, data, ev, batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, data.catalog.n_target), np.float32)
 
 
-@torch.no_grad()
 def score_eval_set(model: CrossDomainModel, data: AdaptData, ev: EvalSet, batch_size: int = 256) -> np.ndarray:
     """1-based ranks of each held-out item among ALL target items, history masked."""
-    model.eval()
-    cat = data.catalog
-    target_vecs = model.item_vecs(torch.arange(cat.target_offset, cat.n_items))
-    ranks = []
-    for s in range(0, len(ev.targets), batch_size):
-        hists = ev.histories[s : s + batch_size]
-        L = max(len(h) for h in hists) + 1
-        tok = torch.zeros(len(hists), L, dtype=torch.int64)
-        for i, h in enumerate(hists):
-            tok[i, 1 : len(h) + 1] = torch.as_tensor(h)
-        lengths = torch.as_tensor([len(h) + 1 for h in hists])
-        needed = torch.unique(tok[tok > 0])
-        vecs = torch.zeros(cat.n_items, model.cfg.dim)
-        if needed.numel():
-            vecs[needed] = model.item_vecs(needed)
-        h = model.user_states(vecs[tok], _token_domains(data, tok), lengths)
-        last = h[torch.arange(len(hists)), lengths - 1]
-        scores = model.logits(last, target_vecs).numpy()
-        ranks.append(rank_batch(scores, ev.targets[s : s + batch_size], ev.masks[s : s + batch_size]))
+    ranks = [
+        rank_batch(scores, ev.targets[s : s + batch_size], ev.masks[s : s + batch_size])
+        for s, scores in _logit_batches(model, data, ev, batch_size)
+    ]
     return np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
 
 
