@@ -180,5 +180,5 @@ class KeySchema:
         return f"{self.prefix}:dedupe:{{{user_id}}}"
 
     def item_vectors(self, encoder_version: str) -> str:
-        """Text embeddings of items added by the stream (hash: ``domain\x1fitem_id`` -> float32 bytes)."""
+        """Text embeddings of items added by the stream (hash: ``domain<0x1f>item_id`` -> float32 bytes)."""
         return f"{self.prefix}:itemvec:{encoder_version}"

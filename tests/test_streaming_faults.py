@@ -168,3 +168,30 @@ def test_broker_restart_mid_stream_the_consumer_reconnects_by_itself(
         assert histories_ts(redis_client, settings, list(before)) == before
     finally:
         broker.stop()
+
+
+def test_a_broker_down_at_start_is_waited_for_not_a_crash(
+    services_settings: Settings, trained: Path, redis_client, tmp_path: Path
+) -> None:
+    settings = _isolated(
+        services_settings, trained,
+        kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}"},
+        services=services_settings.services.model_copy(update={"run_dir": tmp_path / "run"}),
+    )
+    publish(settings, trained / "clean")
+    heartbeat = tmp_path / "alive"
+    proc = spawn_stream(stream_env(settings, heartbeat_file=heartbeat, retry_max_s=0.5), tmp_path / "consumer.log")
+    broker = broker_service(settings)
+    try:
+        time.sleep(6.0)
+        assert proc.poll() is None, (tmp_path / "consumer.log").read_text()[-3000:]
+        assert not heartbeat.exists()  # never healthy without its broker
+        broker.start(30)
+        ensure_topics(settings)
+        sent = produce_user_events(settings, [f"W{u:03d}" for u in range(50)], 2, ITEMS, TS0)
+        wait_for(lambda: histories_ts(redis_client, settings, list(sent)) == sent, 90, "the events after the broker came up")
+        assert _stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        broker.stop()

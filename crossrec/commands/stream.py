@@ -70,8 +70,14 @@ def status() -> None:
 
     from crossrec.streaming.lag import group_lag
 
+    from kafka.errors import KafkaError
+
     settings = get_settings()
-    rows = group_lag(settings)
+    try:
+        rows = group_lag(settings)
+    except (KafkaError, TimeoutError) as exc:
+        console.print(f"[red]cannot read the group's offsets from {settings.kafka.bootstrap_servers}: {exc}")
+        raise typer.Exit(1) from exc
     table = Table(title=f"consumer group {settings.kafka.consumer_group}")
     for column in ("topic", "partition", "committed", "end", "lag"):
         table.add_column(column, justify="left" if column == "topic" else "right")
