@@ -137,33 +137,49 @@ class Recommender:
             out.append(np.asarray(sorted(self._target_pos[x] for x in ids if x in self._target_pos), dtype=np.int64))
         return out
 
-    def _top(self, logits: np.ndarray, mask: np.ndarray, k: int) -> list[tuple[str, float]]:
-        s = logits.astype(np.float64).copy()
-        s[mask] = -np.inf
-        k = min(k, int(np.isfinite(s).sum()))
-        if k <= 0:
-            return []
-        idx = np.argpartition(-s, k - 1)[:k]
-        idx = idx[np.lexsort((idx, -s[idx]))]
-        prob = 1.0 / (1.0 + np.exp(-s[idx]))
-        return [(self._target_ids[j], float(p)) for j, p in zip(idx, prob)]
+    def _top_many(self, logits: np.ndarray, masks: Sequence[np.ndarray], k: int) -> list[list[tuple[str, float]]]:
+        """Each row's k best unmasked items, best first, ties to the lower catalogue position.
+
+        One masked ``torch.topk`` over the whole batch rather than one per user: the consumer
+        scores a poll's users together, and the per-row loop (with a float64 copy of every row)
+        cost more than the model's matmul. ``logits`` is overwritten (masked in place).
+        """
+        n, m = logits.shape
+        kk = min(k, m)
+        if n == 0 or kk <= 0:
+            return [[] for _ in range(n)]
+        sizes = [len(mask) for mask in masks]
+        if sum(sizes):
+            logits[np.repeat(np.arange(n), sizes), np.concatenate(masks)] = -np.inf
+        # One extra column shows whether the k-th score ties with the next: topk picks among tied
+        # items arbitrarily, so such (rare) rows are re-ranked exactly with a stable sort.
+        top = torch.topk(torch.from_numpy(logits), min(kk + 1, m), dim=1)
+        idx, val = top.indices.numpy()[:, :kk].copy(), top.values.numpy()
+        if kk < m:
+            for i in np.flatnonzero(val[:, kk - 1] == val[:, kk]):
+                idx[i] = np.argsort(-logits[i], kind="stable")[:kk]
+        val = np.take_along_axis(logits, idx, axis=1)
+        order = np.lexsort((idx, -val), axis=-1)  # equal scores: the lower catalogue position first
+        idx = np.take_along_axis(idx, order, axis=1)
+        prob = 1.0 / (1.0 + np.exp(-np.take_along_axis(val, order, axis=1).astype(np.float64)))
+        out = []
+        for i in range(n):
+            keep = min(kk, m - sizes[i])  # masked positions are unique, so this many are finite
+            out.append([(self._target_ids[j], float(p)) for j, p in zip(idx[i, :keep], prob[i, :keep])])
+        return out
 
     def score_history(self, history: History, k: int, exclude: Iterable[str] | None = None) -> list[tuple[str, float]]:
         """Top-k target items for one user history; already-seen target items are never returned."""
-        logits = self._logits([history])[0]
-        mask = self._masks([history], [exclude or ()])[0]
-        return self._top(logits, mask, k)
+        return self._top_many(self._logits([history]), self._masks([history], [exclude or ()]), k)[0]
 
     def top_k_for_users(self, histories: Mapping[str, History], k: int, batch_size: int = 512) -> dict[str, list[tuple[str, float]]]:
-        """Batch scoring for the publisher: {user_id: [(item_id, score), ...]}."""
+        """Batch scoring for the publisher and the consumer: {user_id: [(item_id, score), ...]}."""
         users = list(histories)
         out: dict[str, list[tuple[str, float]]] = {}
         for s in range(0, len(users), batch_size):
             chunk = users[s : s + batch_size]
             hs = [histories[u] for u in chunk]
-            logits = self._logits(hs)
-            for u, lg, m in zip(chunk, logits, self._masks(hs, None)):
-                out[u] = self._top(lg, m, k)
+            out.update(zip(chunk, self._top_many(self._logits(hs), self._masks(hs, None), k)))
         return out
 
     def ranks(self, histories: Sequence[History], targets: Sequence[str], batch_size: int = 512) -> np.ndarray:
