@@ -128,7 +128,9 @@ def _second_version(work: Path) -> str:
 
     def write(tmp: Path) -> None:
         for f in src.iterdir():
-            if f.name != "manifest.json":
+            if f.is_dir():
+                shutil.copytree(f, tmp / f.name)  # e.g. routing/ (segment-aware transfer decisions)
+            elif f.name != "manifest.json":
                 shutil.copy2(f, tmp / f.name)
 
     return reg.register(write, {k: v for k, v in reg.manifest(src.name).items() if k != "version"})
