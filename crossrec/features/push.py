@@ -20,8 +20,9 @@ The rows have the shape the nightly job writes (:func:`crossrec.features.tables.
   fills it again);
 - ``event_timestamp``: the push time.
 
-One ``store.push(..., to=PushMode.ONLINE)`` per batch. The Feast store is opened on the first
-push (importing Feast costs seconds; the consumer module never imports it). If the Feast registry
+One ``store.push(..., to=PushMode.ONLINE)`` per batch. The Feast store is opened once per
+consumer, by :meth:`FeaturePusher.open` before the first poll or else by the first push after the
+registry appears (importing Feast costs seconds; the consumer module never imports it). If the Feast registry
 does not exist yet (``crossrec features apply`` never ran), the push is skipped: one warning line,
 and the ``skipped_no_registry`` count goes up every batch, so the stream never stops for it. A
 Redis error during the push propagates (a dependency error: the consumer retries the batch and
@@ -96,20 +97,29 @@ class FeaturePusher:
 
         return (feast_dir(self.settings) / "registry.db").exists()
 
-    def push(self, histories: Mapping[str, Sequence[HistoryEvent]]) -> str | None:
-        """Push the users' rows (one call); returns the outcome, None when there was nothing."""
-        rows = user_feature_rows(histories)
-        if rows.empty:
-            return None
-        if self._store is None:
-            if not self.registry_exists():
-                self._warn_once(SKIPPED_NO_REGISTRY, "feature push skipped: no Feast registry (run `crossrec features apply`); counting skipped batches")
-                return self._count(SKIPPED_NO_REGISTRY)
+    def open(self) -> bool:
+        """Open the Feast store if its registry exists (seconds: Feast's import); True if open.
+
+        The consumer calls this once before its first poll, so the one-off cost does not land in
+        a batch; a registry that appears later is opened by the first push after it.
+        """
+        if self._store is None and self.registry_exists():
             from crossrec.features.store import feature_store
 
             started = time.perf_counter()
             self._store = feature_store(self.settings)
             log.info("Feast store opened for the feature push in %.1fs", time.perf_counter() - started)
+        return self._store is not None
+
+    def push(self, histories: Mapping[str, Sequence[HistoryEvent]]) -> str | None:
+        """Push the users' rows (one call); returns the outcome, None when there was nothing."""
+        rows = user_feature_rows(histories)
+        if rows.empty:
+            return None
+        if not self.open():
+            self._warn_once(SKIPPED_NO_REGISTRY, "feature push skipped: no Feast registry (run `crossrec features apply`); counting skipped batches")
+            return self._count(SKIPPED_NO_REGISTRY)
+        assert self._store is not None
         from feast.data_source import PushMode
 
         from crossrec.streaming.faults import DEPENDENCY_ERRORS

@@ -244,6 +244,8 @@ class RecsConsumer:
         started = time.monotonic()
         last_message = started
         self._retrying(lambda: self._maybe_reload_scorer(force=True))
+        if self.feature_push is not None:
+            self.feature_push.open()  # Feast's import (seconds) before the first batch, not in it
         while not self._stop.is_set():
             poll_started = time.perf_counter()
             batch = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
