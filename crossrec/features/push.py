@@ -11,7 +11,7 @@ The rows have the shape the nightly job writes (:func:`crossrec.features.tables.
 - ``recent_items`` / ``recent_domains``: the ``N_RECENT`` latest events, latest first (by event
   time; the nightly's default ``--n-recent``);
 - ``n_events``: the length of the user's history *as the stream knows it*, i.e. the Redis
-  history, which is capped at ``redis.history_cap`` entries; the nightly counts every event, so
+  history, which is capped at ``crossrec.keys.HISTORY_CAP`` (50) entries; the nightly counts every event, so
   for a long-lived user the pushed count is the cap, not the lifetime count;
 - ``last_event_ts_ms``: the latest event time in that history;
 - ``user_vector``: an **empty list**. The nightly computes it from the text-encoder embeddings of
