@@ -20,8 +20,10 @@ What it does, against a Redis and a broker it starts itself (``crossrec.services
 4. freshness: events produced open loop (each at its due time, whatever the consumer does) at
    500 events/s and at 80 % of the one-consumer maximum, one fresh consumer process each;
    freshness is list write time minus the Kafka record timestamp, per event;
-5. the split of a batch into poll / validate / apply / score / write / commit, from the
-   one-consumer run's counters.
+5. the split of a batch into poll / validate / apply / score / write / push / commit, from the
+   one-consumer run's counters; "push" is the consumer's one ``store.push`` of the batch's
+   touched users' features to Feast's online store (the Feast repo is applied into the work
+   dir's registry first if it has none; ``--no-push`` turns the push off for a comparison).
 
 Run timings on a quiet machine: ``flock /tmp/crossrec-timing.lock python benchmarks/bench_stream.py``.
 The title prints the load average before and after.
@@ -143,8 +145,21 @@ def stream_env(settings: Settings) -> dict[str, str]:
         "CROSSREC_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "CROSSREC_KAFKA__EVENTS_TOPIC": kafka.events_topic,
         "CROSSREC_KAFKA__ITEMS_TOPIC": kafka.items_topic, "CROSSREC_KAFKA__DEAD_LETTER_TOPIC": kafka.dead_letter_topic,
         "CROSSREC_KAFKA__CONSUMER_GROUP": kafka.consumer_group,
+        "CROSSREC_STREAMING__PUSH_FEATURES": str(settings.streaming.push_features).lower(),
     })
     return env
+
+
+def prepare_feast(settings: Settings) -> str:
+    """Apply the Feast repo when the work dir has no registry yet (the consumer's push needs one)."""
+    from crossrec.features.store import apply, feast_dir
+
+    if not settings.streaming.push_features:
+        return "feature push off"
+    if (feast_dir(settings) / "registry.db").exists():
+        return "feature push on"
+    apply(settings)
+    return "feature push on (Feast repo applied for the benchmark)"
 
 
 class Consumers:
@@ -318,6 +333,7 @@ def main() -> None:
     parser.add_argument("--metrics-port", type=int, default=16420, help="first of three consecutive ports")
     parser.add_argument("--baseline-src", type=Path, help="a checkout of an older crossrec: its consumer's max rate too, same run")
     parser.add_argument("--only-max", action="store_true", help="skip the freshness phases")
+    parser.add_argument("--no-push", action="store_true", help="consumers do not push user features to Feast")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from crossrec.services import services_down, services_up
@@ -334,6 +350,7 @@ def main() -> None:
         redis={"url": f"redis://127.0.0.1:{args.redis_port}/0"},
         kafka={"bootstrap_servers": f"127.0.0.1:{args.kafka_port}", "partitions": 2},
         services={"run_dir": args.work / "run"},
+        streaming={"push_features": not args.no_push},
     )
     services_up(base)
     out = args.work / "runs" / time.strftime("%Y%m%d-%H%M%S")
@@ -341,6 +358,7 @@ def main() -> None:
     try:
         users = [f"bench-{u:05d}" for u in range(n_users)]
         version, keys = prepare_redis(base, users, rng)
+        push_note = prepare_feast(base)
         n_target = sum(1 for d, _ in keys if d == base.target_domain)
         messages = payloads(users, keys, n_events, rng)
 
@@ -363,7 +381,7 @@ def main() -> None:
     load_after = os.getloadavg()
 
     title = (f"crossrec stream: {model_note} ({version}, {n_target:,} target items scored per user); "
-             f"{n_events:,} events; load average {load_before[0]:.2f} before / {load_after[0]:.2f} after")
+             f"{n_events:,} events; {push_note}; load average {load_before[0]:.2f} before / {load_after[0]:.2f} after")
     table = Table(title=title)
     for col in ("measure", "value", "note"):
         table.add_column(col)
@@ -376,9 +394,14 @@ def main() -> None:
     for rate, samples in fresh.items():
         table.add_row(f"freshness at {rate:,.0f} events/s", f"p50 {np.percentile(samples, 50):.1f} ms, p99 {np.percentile(samples, 99):.1f} ms",
                       f"{samples.size:,} events, produce -> list write")
+    s = one_stats[0]
+    batches_done = max(s["batches"], 1)
+    push_ms, batch_ms = 1000 * s["stage_s"].get("push", 0.0) / batches_done, 1000 * sum(s["stage_s"].values()) / batches_done
+    table.add_row("feature push to Feast, one consumer", f"{push_ms:.2f} ms of {batch_ms:.2f} ms per batch",
+                  f"{push_ms / max(batch_ms, 1e-9):.0%} of a batch; {s['consumed'] / batches_done:.0f} events/batch; {push_note}")
     console.print(table)
 
-    s = one_stats[0]
+
     batches = max(s["batches"], 1)
     split = Table(title=f"one consumer: time per batch ({batches} batches, {s['consumed'] / batches:.0f} events/batch)")
     for col in ("stage", "ms / batch", "share", "µs / event"):

@@ -196,6 +196,9 @@ class StreamingSettings(BaseModel):
     # shared 2-core host one thread scored a batch 2x faster than two; scale with more consumers
     # (partitions) instead. None = torch's default (every core).
     torch_threads: int | None = Field(default=1, ge=1)
+    # Push each touched user's fresh features to Feast (user_features_push) in the batch that
+    # writes their lists; skipped (counted) while no Feast registry exists.
+    push_features: bool = True
 
 
 class ServicesSettings(BaseModel):

@@ -9,6 +9,7 @@ Per poll (at most ``streaming.max_poll_records`` messages, which bounds a batch'
    script, all in one pipeline (see :mod:`crossrec.streaming.history`);
 3. **score** every touched user of the batch with one matmul over the target catalogue;
 4. **write** every list in one pipeline;
+4b. **push** the touched users' fresh features to Feast (:mod:`crossrec.features.push`);
 5. **commit** the batch's offsets, after the dead-letter sends of the batch are confirmed.
 
 Delivery guarantee: offsets are committed only after everything a batch caused is durable, so a
@@ -39,6 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
+from crossrec.features.push import FeaturePusher, parse_histories
 from crossrec.keys import HistoryEvent, KeySchema, RecItem, RecList
 from crossrec.publish import ItemDisplay, RecWriter
 from crossrec.settings import Settings
@@ -126,6 +128,7 @@ class _Batch:
     stage_s: dict[str, float] = field(default_factory=dict)
     freshness: list[tuple[float, float]] = field(default_factory=list)
     corrupt: dict[str, list[bytes]] = field(default_factory=dict)  # user -> unreadable history entries
+    histories: dict[str, list[HistoryEvent]] | None = None  # what scoring read; the feature push reuses it
 
 
 class _Clock:
@@ -172,6 +175,9 @@ class RecsConsumer:
         self.heartbeat_file = heartbeat_file
         self.stats = ConsumerStats()
         self.metrics = ConsumerMetrics()
+        self.feature_push = (
+            FeaturePusher(settings, lambda outcome: self.metrics.feature_pushes.labels(outcome).inc()) if cfg.push_features else None
+        )
         self.healthy = False  # becomes True once both dependencies answered
         self._stop = threading.Event()
         self._last_reload_check = 0.0
@@ -238,6 +244,8 @@ class RecsConsumer:
         started = time.monotonic()
         last_message = started
         self._retrying(lambda: self._maybe_reload_scorer(force=True))
+        if self.feature_push is not None:
+            self.feature_push.open()  # Feast's import (seconds) before the first batch, not in it
         while not self._stop.is_set():
             poll_started = time.perf_counter()
             batch = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
@@ -298,6 +306,11 @@ class RecsConsumer:
         clock.mark("score")
         self._write(lists, touched, out)
         clock.mark("write")
+        if self.feature_push is not None and touched:
+            users = list(touched)
+            histories = out.histories if out.histories is not None else parse_histories(users, self.history.read_histories(users))
+            self.feature_push.push(histories)
+        clock.mark("push")
         return out
 
     def _validate(self, records: Sequence[Any], out: _Batch) -> tuple[list[tuple[Any, ItemMessage]], list[tuple[Any, EventMessage]]]:
@@ -419,6 +432,7 @@ class RecsConsumer:
                 for record in touched[user]:
                     self._dead_letter(out, record, CORRUPT_HISTORY, repr(bad[0][:200]))
             histories[user] = entries
+        out.histories = histories
         k = self.settings.top_k
         try:
             return self.scorer.recommend_many(histories, k)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # Batch stages, in the order a batch runs them (the benchmark reports the same split).
-STAGES = ("poll", "validate", "apply", "score", "write", "commit")
+STAGES = ("poll", "validate", "apply", "score", "write", "push", "commit")
 
 _LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _FRESHNESS_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
@@ -24,6 +24,9 @@ class ConsumerMetrics:
         self.items_added = Counter("crossrec_stream_items_added", "Catalogue items stored and scorable", registry=r)
         self.lists_written = Counter("crossrec_stream_lists_written", "Top-K lists written", registry=r)
         self.dead_lettered = Counter("crossrec_stream_dead_lettered", "Messages sent to the DLQ", ["reason"], registry=r)
+        self.feature_pushes = Counter(
+            "crossrec_stream_feature_pushes", "Batches' user-feature pushes to Feast, by outcome", ["outcome"], registry=r
+        )
         self.dependency_errors = Counter(
             "crossrec_stream_dependency_errors", "Batch attempts failed by a dependency", ["dependency"], registry=r
         )
