@@ -102,6 +102,9 @@ def test_live_events_and_new_items_refresh_lists_with_the_real_model(settings: S
     producer.flush()
     producer.close()
 
+    from crossrec.features.store import apply as feast_apply
+
+    feast_apply(settings)  # the consumer pushes the touched users' features to Feast's online store
     consumer = RecsConsumer(settings, lambda: load_scorer(settings), poll_timeout_ms=200)
     try:
         stats = consumer.run(max_events=3, max_seconds=60)
@@ -117,6 +120,9 @@ def test_live_events_and_new_items_refresh_lists_with_the_real_model(settings: S
     # the event on an item no catalogue knows is not in the history (it is on the DLQ with its reason)
     with RecClient(settings) as client:
         assert [e.item_id for e in client.history("NEWUSER").entries] == ["office-004", "art-001"]
+        features = client.user_features("NEWUSER")  # pushed in the batch that wrote the list
+    assert features["recent_items"] == ["office-004", "art-001"] and features["n_events"] == 2
+    assert features["last_event_ts_ms"] == 1_800_000_001_000
 
 
 def _second_version(work: Path) -> str:
