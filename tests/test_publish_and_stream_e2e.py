@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaProducer
+from streaming_support import isolated_settings
 from typer.testing import CliRunner
 
 from crossrec.adaptation.model import ModelConfig
@@ -26,7 +27,6 @@ from crossrec.client import RecClient
 from crossrec.keys import KeySchema, RecList
 from crossrec.publish import ItemDisplay, RecWriter
 from crossrec.registry import registry_for
-from crossrec.services import ensure_topics
 from crossrec.settings import Settings, get_settings
 from crossrec.streaming.consumer import RecsConsumer
 from crossrec.streaming.scoring import load_scorer
@@ -52,14 +52,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def settings(services_settings: Settings, trained: Path, redis_client) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    kafka = services_settings.kafka.model_copy(update={
-        "events_topic": f"ev-{tag}", "items_topic": f"it-{tag}", "dead_letter_topic": f"dlq-{tag}",
-        "consumer_group": f"g-{tag}",
-    })
-    settings = services_settings.model_copy(update={"work_dir": trained, "kafka": kafka, "top_k": 5})
-    ensure_topics(settings)
-    return settings
+    kafka = isolated_settings(services_settings).kafka  # fresh topics and group, created
+    return services_settings.model_copy(update={"work_dir": trained, "kafka": kafka, "top_k": 5})
 
 
 def test_publish_writes_every_user_with_explanations_then_the_pointer(settings: Settings, redis_client) -> None:

@@ -5,17 +5,16 @@ member of the group, a freshly loaded model and the nightly publish (real model,
 from __future__ import annotations
 
 import json
+import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
-from streaming_support import train_small_model
+from streaming_support import isolated_settings, train_small_model
 
 from crossrec.batch_publish import publish
 from crossrec.keys import KeySchema, RecList
-from crossrec.services import ensure_topics
 from crossrec.settings import Settings
 from crossrec.streaming.catalog import model_encoder_version, read_item_vectors
 from crossrec.streaming.consumer import RecsConsumer
@@ -34,15 +33,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def settings(services_settings: Settings, trained: Path, redis_client) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    kafka = services_settings.kafka.model_copy(update={
-        "events_topic": f"ev-{tag}", "items_topic": f"it-{tag}", "dead_letter_topic": f"dlq-{tag}",
-        "consumer_group": f"g-{tag}",
-    })
+    kafka = isolated_settings(services_settings).kafka  # fresh topics and group, created
     # top_k above the catalogue size: a list then holds every unmasked target item, so "is the new
     # item scored" does not depend on where this small model happens to rank it.
     settings = services_settings.model_copy(update={"work_dir": trained, "kafka": kafka, "top_k": 100})
-    ensure_topics(settings)
     publish(settings, trained / "clean")
     return settings
 
@@ -84,12 +78,18 @@ def test_a_streamed_item_survives_restart_reload_publish_and_is_scored_by_anothe
     ])
     members = [RecsConsumer(settings, lambda: load_scorer(settings), poll_timeout_ms=200) for _ in range(2)]
     try:
-        deadline = time.monotonic() + 90  # two members joining one group: rebalances are slow on a busy host
-        while time.monotonic() < deadline:
-            for member in members:
-                member.run(max_seconds=0.3)
-            if sum(m.stats.lists_written for m in members) >= 1:
-                break
+        # Both members run at once, as two processes would (one run() each: a run loads the model
+        # once, so members taking turns with short runs spent their time loading, not polling).
+        threads = [threading.Thread(target=m.run, kwargs={"max_seconds": 90}, daemon=True) for m in members]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and sum(m.stats.lists_written for m in members) < 1:
+            time.sleep(0.1)
+        for member in members:
+            member.stop()
+        for thread in threads:
+            thread.join(timeout=30)
     finally:
         for member in members:
             member.close()
