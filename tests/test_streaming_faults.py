@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -87,6 +88,16 @@ def test_kill_9_mid_stream_then_restart_applies_every_event_exactly_once(
     assert histories_ts(redis_client, settings, users) == sent  # each event once: none lost, none twice
 
 
+def _start_consumer(settings: Settings, trained: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """Topics, a published model and a `crossrec stream` process that probes its dependencies
+    often (so an outage shows in the heartbeat within a second); returns it and its heartbeat."""
+    ensure_topics(settings)
+    publish(settings, trained / "clean")
+    heartbeat = tmp_path / "alive"
+    env = stream_env(settings, heartbeat_file=heartbeat, probe_interval_s=0.3, retry_max_s=0.5)
+    return spawn_stream(env, tmp_path / "consumer.log"), heartbeat
+
+
 def test_redis_outage_mid_stream_no_crash_no_commit_past_unwritten_work_nothing_lost(
     services_settings: Settings, trained: Path, tmp_path: Path
 ) -> None:
@@ -100,11 +111,7 @@ def test_redis_outage_mid_stream_no_crash_no_commit_past_unwritten_work_nothing_
     redis_svc.start(30)
     client = make_redis(settings)
     try:
-        ensure_topics(settings)
-        publish(settings, trained / "clean")
-        heartbeat = tmp_path / "alive"
-        env = stream_env(settings, heartbeat_file=heartbeat, probe_interval_s=0.3, retry_max_s=0.5)
-        proc = spawn_stream(env, tmp_path / "consumer.log")
+        proc, heartbeat = _start_consumer(settings, trained, tmp_path)
         before = produce_user_events(settings, [f"R{u:03d}" for u in range(200)], 3, ITEMS, TS0)
         wait_for(lambda: committed_total(settings)[0] == 600, 90, "the first events to be committed")
         wait_for(lambda: heartbeat.exists() and _age(heartbeat) < 0.5, 10, "a fresh heartbeat")
@@ -146,11 +153,7 @@ def test_broker_restart_mid_stream_the_consumer_reconnects_by_itself(
     broker = broker_service(settings)
     broker.start(30)
     try:
-        ensure_topics(settings)
-        publish(settings, trained / "clean")
-        heartbeat = tmp_path / "alive"
-        env = stream_env(settings, heartbeat_file=heartbeat, probe_interval_s=0.3, retry_max_s=0.5)
-        proc = spawn_stream(env, tmp_path / "consumer.log")
+        proc, heartbeat = _start_consumer(settings, trained, tmp_path)
         before = produce_user_events(settings, [f"B{u:03d}" for u in range(100)], 3, ITEMS, TS0)
         wait_for(lambda: committed_total(settings)[0] == 300, 90, "the first events to be committed")
 
