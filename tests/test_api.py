@@ -2,8 +2,9 @@
 
 Checks the contract round trip (publisher writes, API returns the same as the Python client), the
 popular fallback, health, the OpenAPI schema, and that every malformed request is a 4xx with a
-readable message, never a 500. The hot route is served by a middleware in front of FastAPI's
-router; the framework's route handler serves it behind a ``root_path`` and must answer the same.
+readable message, never a 500. The hot route is served by the app's own ``__call__`` in front of
+FastAPI's router; the framework's route handler serves it behind a ``root_path`` and must answer
+the same.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from crossrec.keys import KeySchema
 from crossrec.publish import RecWriter, make_rec_list
 from crossrec.services import redis_service
 from crossrec.settings import Settings
-from serving.app import _RecommendationsFastPath, create_app
+from serving.app import create_app
 
 
 @pytest.fixture()
@@ -213,15 +214,15 @@ SAME_ANSWER = [
 
 
 def _count_fast_path(app: FastAPI, served: list[tuple[str, str]]) -> FastAPI:
-    """Record every request the fast-path middleware answers itself (wraps its render function)."""
-    middleware = next(m for m in app.user_middleware if m.cls is _RecommendationsFastPath)
-    render = middleware.kwargs["render"]
+    """Record every request the hot route answers itself (wraps its render function)."""
+    hot = app.hot  # type: ignore[attr-defined]
+    render = hot.render
 
     async def counting(domain: str, user_id: str, query_string: bytes) -> tuple[int, bytes]:
         served.append((domain, user_id))
         return await render(domain, user_id, query_string)
 
-    middleware.kwargs["render"] = counting
+    hot.render = counting
     return app
 
 
@@ -326,3 +327,17 @@ def test_metrics_count_request_latency_by_route_template_and_status(world: Fixtu
     assert delta[("/metrics", "200")] == 1.0
     assert world.user not in text  # the route template, never the user id (bounded cardinality)
     assert 'crossrec_api_request_seconds_bucket{le="0.001"' in text
+
+
+def test_a_crash_on_the_hot_route_is_a_counted_plain_500(world: Fixture, services_settings: Settings) -> None:
+    app = create_app(services_settings)
+
+    async def crash(domain: str, user_id: str, query_string: bytes) -> tuple[int, bytes]:
+        raise RuntimeError("boom")
+
+    app.hot.render = crash  # type: ignore[attr-defined]
+    with TestClient(app, raise_server_exceptions=False) as http:
+        res = http.get(f"/recommendations/office/{world.user}")
+        assert (res.status_code, res.text) == (500, "Internal Server Error")  # what Starlette answers elsewhere
+        counts = _counts(http.get("/metrics").text)
+    assert counts[("/recommendations/{domain}/{user_id}", "500")] >= 1.0
