@@ -12,7 +12,10 @@ The publish *merges* with what the stream wrote since the nightly cut, it never 
 - item display hashes are merged the same way against the catalogue snapshot's time (the
   newest file time under ``items/``): a title the stream updated after that stays;
 - histories are only *seeded* for users who have none in Redis: the consumer owns them after
-  that, and overwriting them from the (older) nightly log would drop fresh events.
+  that, and overwriting them from the (older) nightly log would drop fresh events;
+- users whose id cannot be a Redis Cluster hash tag (``keys.user_id_problem``: empty or starting
+  with ``}``) are skipped and counted (``skipped_user_ids``). The cleaning job quarantines their
+  events as ``bad_user_id``, so only cleaned data written before that rule can hold them.
 
 Order matters for readers: item display data and popular lists first, then the users' lists,
 and the model pointer last, so a reader that sees the new pointer also sees everything written
@@ -29,7 +32,7 @@ import pandas as pd
 from rich.progress import Progress
 
 from crossrec.adaptation.inference import Recommender, load_current
-from crossrec.keys import HistoryEvent, KeySchema, RecList
+from crossrec.keys import HistoryEvent, KeySchema, RecList, user_id_problem
 from crossrec.publish import ItemDisplay, RecWriter, make_rec_list
 from crossrec.recommend import recommend_many
 from crossrec.settings import Settings
@@ -51,6 +54,7 @@ class PublishSummary:
     kept_newer: int = 0  # users whose history had events after the cut (batch list not applied)
     rescored: int = 0  # of those, re-scored with this model from their current Redis history
     items_kept: int = 0  # item hashes the stream updated after the catalogue snapshot
+    skipped_user_ids: int = 0  # users skipped: their id cannot be a hash tag (keys.user_id_problem)
 
 
 def snapshot_time(path: Path) -> float:
@@ -65,6 +69,17 @@ def read_events(clean_dir: Path) -> pd.DataFrame:
     events = pd.read_parquet(clean_dir / "events", columns=["user_id", "domain", "item_id", "event_type", "ts_ms"])
     events["domain"] = events["domain"].astype(str)
     return events.sort_values(["user_id", "ts_ms"], kind="stable").reset_index(drop=True)
+
+
+def without_bad_user_ids(events: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``events`` without the users whose id cannot name Redis keys, and those users' ids.
+
+    The rule is applied once per distinct user (``keys.user_id_problem``), not per row.
+    """
+    bad = [u for u in events["user_id"].unique().tolist() if user_id_problem(u) is not None]
+    if not bad:
+        return events, []
+    return events[~events["user_id"].isin(bad)].reset_index(drop=True), bad
 
 
 def read_items(clean_dir: Path) -> list[ItemDisplay]:
@@ -97,7 +112,7 @@ def publish(
     """
     recommender = recommender or load_current(settings)
     stream_items(settings, recommender)  # items the stream added since the model's catalogue was built
-    events = read_events(clean_dir)
+    events, bad_users = without_bad_user_ids(read_events(clean_dir))
     cut = float(cut_ts) if cut_ts is not None else (float(events["ts_ms"].max()) / 1000.0 if len(events) else 0.0)
     items_cut = float(items_as_of) if items_as_of is not None else snapshot_time(Path(clean_dir) / "items")
     writer = RecWriter.from_settings(settings)
@@ -129,7 +144,8 @@ def publish(
     finally:
         writer.close()
     return PublishSummary(recommender.version, len(users), merged + rescored, seeded, items_written,
-                          {d: len(ids) for d, (ids, _) in popular.items()}, cut, len(kept), rescored, len(items_kept))
+                          {d: len(ids) for d, (ids, _) in popular.items()}, cut, len(kept), rescored, len(items_kept),
+                          len(bad_users))
 
 
 def _lists(recommender: Recommender, histories: dict[str, list[tuple[str, str]]], k: int) -> list[tuple[str, RecList]]:

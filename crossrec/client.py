@@ -28,7 +28,7 @@ import msgspec
 import redis
 import redis.asyncio as aioredis
 
-from crossrec.keys import SCHEMA_VERSION, HistoryEvent, KeySchema, because_text
+from crossrec.keys import SCHEMA_VERSION, HistoryEvent, KeySchema, because_text, user_id_problem
 from crossrec.redis_conn import async_redis_client, redis_client
 from crossrec.settings import Settings, mask_url_password
 
@@ -44,7 +44,7 @@ class ClientError(Exception):
 
 
 class InvalidRequestError(ClientError, ValueError):
-    """The caller asked for something malformed (bad k, empty or oversized user id)."""
+    """The caller asked for something malformed (bad k; an empty, oversized or ``}``-leading user id)."""
 
 
 class UnknownDomainError(InvalidRequestError):
@@ -245,6 +245,9 @@ class ReadContract:
             raise InvalidRequestError(f"user_id is {len(user_id)} characters long; the limit is {self.max_id_len}")
         if not user_id.isprintable():
             raise InvalidRequestError("user_id must not contain control characters")
+        problem = user_id_problem(user_id)  # would fail on a cluster with CROSSSLOT, or read the wrong slot
+        if problem is not None:
+            raise InvalidRequestError(problem)
 
     def check_k(self, k: int, limit: int | None = None, name: str = "k") -> None:
         limit = self.max_k if limit is None else limit

@@ -30,6 +30,14 @@ title in a list from that list's next write (the nightly publish or the user's n
 
 A recommendation list is one string written with a single ``SET``, so readers never see half a
 list: the replacement is atomic.
+
+User ids that cannot be a hash tag: Redis hashes the text between the first ``{`` and the first
+``}`` after it, and hashes the *whole key* when that text is empty. A user id that is empty or
+starts with ``}`` makes ``{}``, so that user's keys would fall in different slots and the
+scripts over them fail on a cluster (``CROSSSLOT``). ``user_id_problem`` is the one rule; every
+entry point applies it (the stream's message validation and the batch cleaner quarantine such
+events as ``bad_user_id``, the publisher skips and counts such users, the client and the API
+reject them), and ``KeySchema`` refuses to build such a key as the last line of defence.
 """
 
 from __future__ import annotations
@@ -42,6 +50,28 @@ from typing import Any
 
 SCHEMA_VERSION = 2
 HISTORY_CAP = 50
+HASH_TAG_END = "}"  # a user id starting with it makes an empty hash tag (see user_id_problem)
+
+
+def user_id_problem(user_id: str) -> str | None:
+    """Why ``user_id`` cannot name a user's keys, or None when it can.
+
+    The one rule for ids that break the ``{U}`` hash tag (module docstring); Spark applies the
+    same rule as ``startswith(HASH_TAG_END)`` (``crossrec.cleaning.validate``).
+    """
+    if not user_id:
+        return "user_id is empty, which makes an empty Redis Cluster hash tag"
+    if user_id.startswith(HASH_TAG_END):
+        return f"user_id {user_id[:40]!r} starts with {HASH_TAG_END!r}, which makes an empty Redis Cluster hash tag"
+    return None
+
+
+def _tag(user_id: str) -> str:
+    """``{U}`` for a user's keys; ValueError for an id that would make an empty hash tag."""
+    problem = user_id_problem(user_id)
+    if problem is not None:
+        raise ValueError(problem)
+    return f"{{{user_id}}}"
 
 Row = tuple[str | None, str | None, str | None]  # title, category, brand of one item
 NO_ROW: Row = (None, None, None)
@@ -148,7 +178,7 @@ class KeySchema:
         self.prefix = prefix
 
     def recs(self, domain: str, user_id: str) -> str:
-        return f"{self.prefix}:recs:{domain}:{{{user_id}}}"
+        return f"{self.prefix}:recs:{domain}:{_tag(user_id)}"
 
     def popular(self, domain: str) -> str:
         return f"{self.prefix}:popular:{domain}"
@@ -160,7 +190,7 @@ class KeySchema:
         return f"{self.prefix}:item:{domain}:{item_id}"
 
     def history(self, user_id: str) -> str:
-        return f"{self.prefix}:history:{{{user_id}}}"
+        return f"{self.prefix}:history:{_tag(user_id)}"
 
     def recs_pattern(self, domain: str) -> str:
         """A SCAN pattern over every user's list in a domain (for tooling, not hot paths)."""
@@ -177,7 +207,7 @@ class KeySchema:
         The user id is a hash tag, so the key shares a Redis Cluster slot with the user's other
         keys and the apply script may touch both atomically.
         """
-        return f"{self.prefix}:dedupe:{{{user_id}}}"
+        return f"{self.prefix}:dedupe:{_tag(user_id)}"
 
     def item_vectors(self, encoder_version: str) -> str:
         """Text embeddings of items added by the stream (hash: ``domain<0x1f>item_id`` -> float32 bytes)."""

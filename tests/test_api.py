@@ -162,6 +162,10 @@ INVALID = [
     ("/recommendations/office/" + HUGE, 422, "the limit is 128"),
     ("/recommendations/office/bad%00id", 422, "user_id must not contain control characters"),
     ("/recommendations/office/bad%0Aid", 422, "control characters"),
+    ("/recommendations/office/%7Du1", 422, "user_id '}u1' starts with '}', which makes an empty Redis Cluster hash tag"),
+    ("/recommendations/office/%7Du1?k=abc", 422, "starts with '}'"),  # the id is reported before k
+    ("/users/%7Du1/history", 422, "empty Redis Cluster hash tag"),
+    ("/users/%7Du1/features", 422, "empty Redis Cluster hash tag"),
     ("/recommendations/office/a%2Fb", 404, "Not Found"),
     ("/recommendations/office/", 404, "Not Found"),
     ("/recommendations/office", 404, "Not Found"),

@@ -115,6 +115,9 @@ def test_validate_event_normalises_and_derives_a_stable_id() -> None:
     [
         ({"user_id": ...}, R.missing("user_id")),
         ({"user_id": "  "}, R.missing("user_id")),
+        ({"user_id": "}U1"}, R.BAD_USER_ID),  # an empty Redis Cluster hash tag
+        ({"user_id": "\u00a0}U1 "}, R.BAD_USER_ID),  # after stripping
+        ({"user_id": "}U1", "ts": "soon"}, R.BAD_USER_ID),  # checked before the timestamp
         ({"domain": None}, R.missing("domain")),
         ({"item_id": ""}, R.missing("item_id")),
         ({"event_type": ...}, R.missing("event_type")),

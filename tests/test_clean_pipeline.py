@@ -60,6 +60,8 @@ GZ_EVENTS: list[tuple[str, str | None]] = [
     (ev("   ", "art", "art-1", "view", "2020-01-01T00:00:00Z"), R.missing("user_id")),
     (ev("U9", "art", "art-1", "", "2020-01-01T00:00:00Z"), R.missing("event_type")),
     (ev("U9", "art", "art-1", "view", ...), R.missing("ts")),
+    (ev("}U9", "art", "art-1", "view", "2020-01-01T00:00:00Z"), R.BAD_USER_ID),  # empty hash tag {}
+    (ev(" }U9", "art", "art-1", "view", "yesterday"), R.BAD_USER_ID),  # after stripping; before the ts check
     (ev("U9", "art", "art-1", "view", "yesterday"), R.BAD_TIMESTAMP),
     (ev("U9", "art", "art-1", "view", 1_577_836_800), R.BAD_TIMESTAMP),  # epoch seconds
     (ev("U9", "art", "art-1", "view", "2020-02-30T00:00:00Z"), R.BAD_TIMESTAMP),
@@ -162,7 +164,7 @@ def test_every_row_is_accounted_for_with_exact_reasons(cleaned) -> None:  # type
     exp_items = {r: n for (s, r), n in expected.items() if s == "items" and r is not None}
     assert summary.events.rejected_by_reason == dict(sorted(exp_events.items()))
     assert summary.items.rejected_by_reason == dict(sorted(exp_items.items()))
-    assert summary.events.rows_in == sum(n for (s, _), n in expected.items() if s == "events") == 35
+    assert summary.events.rows_in == sum(n for (s, _), n in expected.items() if s == "events") == 37
     assert summary.events.rows_kept == expected[("events", None)] == 13
     assert summary.items.rows_in == 11 and summary.items.rows_kept == 7
     assert summary.rows_in == summary.rows_kept + sum(summary.rejected_by_reason.values())

@@ -168,11 +168,21 @@ def test_users_lists_only_users_with_a_list_in_that_domain(client: RecClient, wo
         ("", "office", 10, InvalidRequestError, "non-empty"),
         ("x" * 129, "office", 10, InvalidRequestError, "limit is 128"),
         ("bad\x00id", "office", 10, InvalidRequestError, "control characters"),
+        ("}u", "office", 10, InvalidRequestError, "starts with '}', which makes an empty Redis Cluster hash tag"),
     ],
 )
 def test_invalid_requests_raise_clear_errors(client: RecClient, user, domain, k, error, message) -> None:
     with pytest.raises(error, match=message.replace("(", r"\(")):
         client.get(user, domain, k)
+
+
+@pytest.mark.parametrize("read", [lambda c: c.get("}u1", "office"), lambda c: c.history("}u1"), lambda c: c.user_features("}u1")])
+def test_a_user_id_that_breaks_the_hash_tag_is_a_value_error_on_every_read(client: RecClient, redis_client, services_settings, read) -> None:
+    # Stored under the key the id would make: without the rule the client would read it (or, on a
+    # cluster, fail with CROSSSLOT in a script over the user's keys).
+    redis_client.set(f"{services_settings.key_prefix}:recs:office:{{}}u1}}", b"{}")
+    with pytest.raises(ValueError, match="empty Redis Cluster hash tag"):
+        read(client)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from crossrec.keys import SCHEMA_VERSION, HistoryEvent, KeySchema, RecItem, RecList
+from crossrec.keys import SCHEMA_VERSION, HistoryEvent, KeySchema, RecItem, RecList, user_id_problem
 from crossrec.publish import ItemDisplay, RecWriter, explain, make_rec_list
 
 
@@ -39,6 +39,21 @@ def test_a_users_keys_share_one_cluster_slot(user: str) -> None:
     slots = {key_slot(k.encode()) for k in (ks.recs("office", user), ks.recs("art", user), ks.history(user))}
     assert len(slots) == 1
     assert SCHEMA_VERSION == 2  # key names changed from schema 1: the contract version moved with them
+
+
+@pytest.mark.parametrize("user", ["", "}", "}u1"])
+def test_a_user_id_that_would_make_an_empty_hash_tag_names_no_key(user: str) -> None:
+    """``{}`` is no hash tag: Redis would hash each whole key, so the user's keys would spread over slots."""
+    from redis.crc import key_slot
+
+    ks = KeySchema("crossrec")
+    assert user_id_problem(user) is not None
+    raw = [f"crossrec:recs:office:{{{user}}}", f"crossrec:history:{{{user}}}", f"crossrec:dedupe:{{{user}}}"]
+    assert len({key_slot(k.encode()) for k in raw}) > 1  # why the rule exists
+    for build in (lambda: ks.recs("office", user), lambda: ks.history(user), lambda: ks.dedupe(user)):
+        with pytest.raises(ValueError, match="empty Redis Cluster hash tag"):
+            build()
+    assert user_id_problem("u}1") is None and user_id_problem("{u") is None  # a non-empty tag: one slot
 
 
 @pytest.mark.parametrize("prefix", ["", "a:b"])
@@ -218,6 +233,8 @@ def test_prefixes_isolate_tenants_of_one_redis(redis_client) -> None:
         lambda w: w.write_recs("off:ice", "u1", make_rec_list([], [], "m")),
         lambda w: w.write_recs("", "u1", make_rec_list([], [], "m")),
         lambda w: w.write_recs("office", "", make_rec_list([], [], "m")),
+        lambda w: w.write_recs("office", "}u1", make_rec_list([], [], "m")),
+        lambda w: w.replace_history("}u1", []),
         lambda w: w.write_items([ItemDisplay("office", "", "t")]),
         lambda w: w.set_current_model(""),
     ],

@@ -81,6 +81,20 @@ def test_publish_writes_every_user_with_explanations_then_the_pointer(settings: 
     assert b"2000000000" in redis_client.lindex(schema.history("U0000"), 0)
 
 
+def test_publish_skips_and_counts_a_user_whose_id_breaks_the_hash_tag(settings: Settings, redis_client, tmp_path: Path) -> None:
+    """Cleaned data written before the cleaner's ``bad_user_id`` rule may still hold such a user:
+    the publisher names no key for them (on a cluster their keys would spread over slots)."""
+    clean = tmp_path / "clean"
+    shutil.copytree(settings.work_dir / "clean", clean)
+    events = pd.read_parquet(clean / "events")
+    bad = events[events["user_id"] == "U0000"].assign(user_id="}U0000", domain=lambda d: d["domain"].astype(str))
+    bad.to_parquet(clean / "events", partition_cols=["domain"], index=False)  # new files beside the others
+    summary = publish(settings, clean)
+    assert summary.skipped_user_ids == 1
+    assert summary.users == summary.lists_written == 40
+    assert [k for k in redis_client.keys("*") if b"}U0000" in k] == []
+
+
 def test_live_events_and_new_items_refresh_lists_with_the_real_model(settings: Settings, redis_client) -> None:
     publish(settings, settings.work_dir / "clean")
     scorer = load_scorer(settings)

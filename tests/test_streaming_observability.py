@@ -35,22 +35,24 @@ def test_metrics_endpoint_counts_what_the_consumer_did(settings: Settings) -> No
         make_event("u1", "office", "o1", 1_600_000_000_000, event_id="e1"),  # a duplicate
         make_event("u2", "office", "o2", 1_600_000_000_001, event_id="e2"),
         b"{broken",
+        make_event("}u3", "office", "o3", 1_600_000_000_002, event_id="e3"),  # an empty Redis Cluster hash tag
     ])
     consumer = RecsConsumer(settings, lambda: CatalogueScorer("m1", ["o1", "o2", "o3"]), poll_timeout_ms=200)
     port = free_port()
     consumer.serve_metrics(port)
     consumer.cfg = consumer.cfg.model_copy(update={"probe_interval_s": 0.1})
     try:
-        consumer.run(max_events=4, max_seconds=30)
+        consumer.run(max_events=5, max_seconds=30)
         consumer._probe()  # the lag gauge after the last commit
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
         consumer.close()
     topic = settings.kafka.events_topic
-    assert _value(text, "crossrec_stream_consumed_total", f'{{topic="{topic}"}}') == 4
+    assert _value(text, "crossrec_stream_consumed_total", f'{{topic="{topic}"}}') == 5
     assert _value(text, "crossrec_stream_applied_total") == 2
     assert _value(text, "crossrec_stream_duplicates_total") == 1
     assert _value(text, "crossrec_stream_dead_lettered_total", '{reason="malformed_json"}') == 1
+    assert _value(text, "crossrec_stream_dead_lettered_total", '{reason="bad_user_id"}') == 1
     assert _value(text, "crossrec_stream_lists_written_total") == 2
     assert _value(text, "crossrec_stream_freshness_seconds_count") == 3  # one per event that reached a list
     assert _value(text, "crossrec_stream_batch_seconds_count") >= 1

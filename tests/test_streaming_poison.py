@@ -43,6 +43,7 @@ def test_every_kind_of_poison_is_dead_lettered_and_the_valid_events_around_it_ap
         ("wrong_type:item_id", json.dumps({**make_event("u1", "office", "o1", 1_600_000_000_000), "item_id": ["o1"]}).encode()),
         ("missing_field:event_type", json.dumps({"user_id": "u1", "domain": "office", "item_id": "o2", "ts": 1_600_000_000_000}).encode()),
         ("unknown_domain", json.dumps(make_event("u1", "garden", "g1", 1_600_000_000_000)).encode()),
+        ("bad_user_id", json.dumps(make_event("}u1", "office", "o1", 1_600_000_000_000)).encode()),  # empty hash tag
         ("unknown_item", json.dumps(make_event("u1", "office", "o-404", 1_600_000_000_000)).encode()),
         ("value_too_large", huge),
         ("unsupported_schema_version", json.dumps({**make_event("u1", "office", "o1", 1_600_000_000_000), "schema_version": 2}).encode()),

@@ -9,7 +9,9 @@ or rejected for the same reason on both paths. No pyspark import here: the consu
 Decisions (and why):
 - **user_id**: edge whitespace (ASCII and unicode, incl. NBSP, zero-width space, BOM) is
   stripped, case is *kept*: user ids are opaque keys that other systems (and the release's
-  ``users_split.json``) refer to verbatim.
+  ``users_split.json``) refer to verbatim. After stripping, an id that starts with ``}`` is
+  ``bad_user_id``: it cannot be the Redis Cluster hash tag of the user's keys
+  (``crossrec.keys.user_id_problem``).
 - **domain, event_type, item_id**: stripped *and lower-cased*: they are vocabulary or catalogue
   keys that arrive in mixed case from different producers; items and events go through the
   same rule, so their join is unaffected.
@@ -37,6 +39,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from crossrec.cleaning import reasons as R
+from crossrec.keys import user_id_problem
 
 # Whitespace as any producer might send it: ASCII, C1 NEL, NBSP, the unicode spaces, zero-width
 # space, line/paragraph separators and the BOM. A plain character set (not a regex) so that
@@ -229,6 +232,9 @@ def validate_event(
     ):
         if val is None:
             return None, R.missing(name)
+    assert user_id is not None
+    if user_id_problem(user_id) is not None:
+        return None, R.BAD_USER_ID
     ts_ms = parse_ts_to_ms(raw_ts)
     if ts_ms is None:
         return None, R.BAD_TIMESTAMP

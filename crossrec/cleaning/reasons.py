@@ -8,6 +8,8 @@ Events, in check order:
     malformed_json        the line is not one JSON object (JSON-lines inputs only)
     missing_field:<name>  a required field is absent or empty after normalisation
                           (<name> in user_id, domain, item_id, event_type, ts, checked in that order)
+    bad_user_id           the user id starts with ``}``: its Redis Cluster hash tag ``{U}`` would be
+                          empty (``crossrec.keys.user_id_problem``), so its keys could not share a slot
     bad_timestamp         ``ts`` is present but neither ISO 8601 nor epoch ms, or outside
                           [1990-01-01, 2100-01-01) UTC (catches epoch *seconds* given as ms)
     bad_event_type        not one of view, click, cart, purchase, review, rating
@@ -30,6 +32,7 @@ Both:
 from __future__ import annotations
 
 MALFORMED_JSON = "malformed_json"
+BAD_USER_ID = "bad_user_id"
 BAD_TIMESTAMP = "bad_timestamp"
 BAD_EVENT_TYPE = "bad_event_type"
 BAD_RATING = "bad_rating"
@@ -53,6 +56,7 @@ def missing(field: str) -> str:
 EVENT_REASONS: tuple[str, ...] = (
     MALFORMED_JSON,
     *(missing(f) for f in EVENT_REQUIRED_FIELDS),
+    BAD_USER_ID,
     BAD_TIMESTAMP,
     BAD_EVENT_TYPE,
     BAD_RATING,

@@ -26,6 +26,7 @@ from crossrec.cleaning.spark_rules import (
     rating_cols,
     with_ts_ms,
 )
+from crossrec.keys import HASH_TAG_END
 
 
 def _first_failure(checks: list[tuple[Column, str]]) -> Column:
@@ -111,6 +112,7 @@ def label_events(raw: DataFrame, known_domains: list[str], item_keys: DataFrame)
         (F.col("item_id").isNull(), R.missing("item_id")),
         (F.col("event_type").isNull(), R.missing("event_type")),
         (~F.col("_has_ts"), R.missing("ts")),
+        (F.col("user_id").startswith(HASH_TAG_END), R.BAD_USER_ID),  # keys.user_id_problem (non-empty id)
         (F.col("ts_ms").isNull(), R.BAD_TIMESTAMP),
         (~F.col("event_type").isin(*N.EVENT_TYPES), R.BAD_EVENT_TYPE),
         (F.col("_rating_bad"), R.BAD_RATING),
