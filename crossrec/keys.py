@@ -57,7 +57,7 @@ def user_id_problem(user_id: str) -> str | None:
     """Why ``user_id`` cannot name a user's keys, or None when it can.
 
     The one rule for ids that break the ``{U}`` hash tag (module docstring); Spark applies the
-    same rule as ``startswith(HASH_TAG_END)`` (``crossrec.cleaning.validate``).
+    same rule as a column expression (``crossrec.cleaning.spark_rules.bad_user_id_col``).
     """
     if not user_id:
         return "user_id is empty, which makes an empty Redis Cluster hash tag"

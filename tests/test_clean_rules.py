@@ -70,6 +70,18 @@ def test_ids_and_keys_match_python(spark) -> None:  # type: ignore[no-untyped-de
     assert {r["v"]: r["key"] for r in rows} == {v: normalize_key(v) for v in ID_INPUTS}
 
 
+def test_bad_user_id_matches_the_key_rule(spark) -> None:  # type: ignore[no-untyped-def]
+    from crossrec.cleaning.spark_rules import bad_user_id_col, id_col
+    from crossrec.keys import user_id_problem
+
+    inputs = [*ID_INPUTS, "}u1", " }u1", "\u00a0}", "u}1", "{u1}", "}{", "u1}"]
+    rows = _one_column(spark, inputs).select("v", bad_user_id_col(id_col("v")).alias("bad")).collect()
+    got = {r["v"]: bool(r["bad"]) for r in rows}
+    expected = {v: normalize_id(v) is not None and user_id_problem(normalize_id(v)) is not None for v in inputs}
+    assert got == expected
+    assert got["}u1"] and got[" }u1"] and not got["u}1"]  # not vacuously all-false
+
+
 def test_ratings_match_python(spark) -> None:  # type: ignore[no-untyped-def]
     from crossrec.cleaning.spark_rules import rating_cols
 

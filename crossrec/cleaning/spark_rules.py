@@ -21,6 +21,7 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import StringType
 
 from crossrec.cleaning import normalize as N
+from crossrec.keys import HASH_TAG_END
 
 
 def _col(c: str | Column) -> Column:
@@ -31,6 +32,12 @@ def id_col(c: str | Column) -> Column:
     """``normalize_id``: edge whitespace stripped, case kept, empty -> null."""
     stripped = F.trim(_col(c), F.lit(N.EDGE_WS_CHARS))
     return F.when(stripped != "", stripped)
+
+
+def bad_user_id_col(user_id: str | Column) -> Column:
+    """``keys.user_id_problem`` of a normalised, non-null user id (``id_col``): it starts with
+    ``}``, so its Redis Cluster hash tag would be empty (an empty id is ``missing_field:user_id``)."""
+    return _col(user_id).startswith(HASH_TAG_END)
 
 
 def key_col(c: str | Column) -> Column:

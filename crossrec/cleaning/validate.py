@@ -19,6 +19,7 @@ from crossrec.cleaning import reasons as R
 from crossrec.cleaning.spark_rules import (
     NEEDS_PYTHON_TEXT_RE,
     ascii_text_col,
+    bad_user_id_col,
     event_id_col,
     id_col,
     key_col,
@@ -26,7 +27,6 @@ from crossrec.cleaning.spark_rules import (
     rating_cols,
     with_ts_ms,
 )
-from crossrec.keys import HASH_TAG_END
 
 
 def _first_failure(checks: list[tuple[Column, str]]) -> Column:
@@ -112,7 +112,7 @@ def label_events(raw: DataFrame, known_domains: list[str], item_keys: DataFrame)
         (F.col("item_id").isNull(), R.missing("item_id")),
         (F.col("event_type").isNull(), R.missing("event_type")),
         (~F.col("_has_ts"), R.missing("ts")),
-        (F.col("user_id").startswith(HASH_TAG_END), R.BAD_USER_ID),  # keys.user_id_problem (non-empty id)
+        (bad_user_id_col("user_id"), R.BAD_USER_ID),
         (F.col("ts_ms").isNull(), R.BAD_TIMESTAMP),
         (~F.col("event_type").isin(*N.EVENT_TYPES), R.BAD_EVENT_TYPE),
         (F.col("_rating_bad"), R.BAD_RATING),
