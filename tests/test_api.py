@@ -310,9 +310,8 @@ def _counts(text: str) -> dict[tuple[str, str], float]:
 
 def test_metrics_count_request_latency_by_route_template_and_status(world: Fixture, services_settings: Settings) -> None:
     with TestClient(create_app(services_settings)) as http:
-        # One of each first, so every (route, status) series exists before the baseline is read:
-        # once Feast is imported (it sets PROMETHEUS_MULTIPROC_DIR), same-named series of all apps
-        # in a process share one value, so only deltas within this test are its own.
+        # One of each first, so every (route, status) series exists before the baseline is read;
+        # the assertions are on deltas within this test.
         for url in (f"/recommendations/office/{world.user}", "/recommendations/garden/u", f"/users/{world.user}/history", "/nowhere"):
             http.get(url)
         before = _counts(http.get("/metrics").text)
