@@ -20,7 +20,7 @@ from test_client import MODEL, populate
 from test_publish_and_stream_e2e import trained  # noqa: F401  (module fixture: a trained model)
 
 from crossrec.batch_publish import publish
-from crossrec.client import AsyncRecClient, RecClient
+from crossrec.client import AsyncRecClient, InvalidRequestError, RecClient
 from crossrec.keys import HistoryEvent, KeySchema, RecList
 from crossrec.publish import RecWriter
 from crossrec.redis_conn import redis_client
@@ -218,3 +218,23 @@ def test_the_consumer_applies_and_dedupes_events_on_the_cluster(
             assert recs.source == "stream" and recs.items and not set(mine) & {i.item_id for i in recs.items}
     finally:
         client.close()
+
+
+def test_a_user_id_that_breaks_the_hash_tag_is_refused_before_the_cluster_sees_it(cluster_settings: Settings) -> None:
+    client = redis_client(cluster_settings)
+    # The keys such an id would make: "{}" is no hash tag, so they fall in different slots and a
+    # script over them fails on the cluster. That is what the rule keeps from happening.
+    raw = ["crossrec:recs:office:{}u1}", "crossrec:history:{}u1}"]
+    assert client.keyslot(raw[0]) != client.keyslot(raw[1])
+    with pytest.raises((redis.ResponseError, redis.exceptions.RedisClusterException)):
+        client.eval("return 1", 2, *raw)
+    client.close()
+
+    writer = RecWriter.from_settings(cluster_settings)
+    try:
+        with pytest.raises(ValueError, match="empty Redis Cluster hash tag"):
+            writer.merge_many_recs("office", [("}u1", _one("o3"))], 0.0)
+    finally:
+        writer.close()
+    with RecClient(cluster_settings) as reader, pytest.raises(InvalidRequestError, match="empty Redis Cluster hash tag"):
+        reader.get("}u1", "office")
