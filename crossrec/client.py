@@ -245,7 +245,7 @@ class ReadContract:
             raise InvalidRequestError(f"user_id is {len(user_id)} characters long; the limit is {self.max_id_len}")
         if not user_id.isprintable():
             raise InvalidRequestError("user_id must not contain control characters")
-        problem = user_id_problem(user_id)  # would fail on a cluster with CROSSSLOT, or read the wrong slot
+        problem = user_id_problem(user_id)  # such a user's keys would not share one cluster slot
         if problem is not None:
             raise InvalidRequestError(problem)
 
