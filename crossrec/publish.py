@@ -490,13 +490,23 @@ def explain(
     if hist.shape[1] != recs.shape[1]:
         raise ValueError(f"dimension mismatch: recs have {recs.shape[1]}, history has {hist.shape[1]}")
 
-    sims = _unit_rows(recs) @ _unit_rows(hist).T  # (k, h)
-    # argmax returns the first maximum; flip so that ties resolve to the most recent item.
-    best = hist.shape[0] - 1 - np.argmax(sims[:, ::-1], axis=1)
+    best = most_similar(unit_rows(recs), unit_rows(hist))
     ids: list[str | None] = [history_item_ids[int(j)] for j in best]
     return ids[0] if single else ids
 
 
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+def most_similar(rec_units: np.ndarray, history_units: np.ndarray) -> np.ndarray:
+    """Per recommended row, the position of the most similar history row (``unit_rows`` of both).
+
+    Split from :func:`explain` so that a batch of users can normalise every vector once
+    (``crossrec.recommend.recommend_many``) and get the same positions as ``explain`` per user.
+    """
+    sims = rec_units @ history_units.T  # (k, h)
+    # argmax returns the first maximum; flip so that ties resolve to the most recent item.
+    return history_units.shape[0] - 1 - np.argmax(sims[:, ::-1], axis=1)
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1; each row's result depends on that row alone."""
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.maximum(norms, 1e-12)  # a zero vector stays zero (similar to nothing)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from crossrec.adaptation.inference import History, Recommender
 from crossrec.keys import RecItem
-from crossrec.publish import explain
+from crossrec.publish import explain, most_similar, unit_rows
 
 
 def explained(recommender: Recommender, history: History, top: Sequence[tuple[str, float]]) -> list[RecItem]:
@@ -33,4 +35,36 @@ def recommend(recommender: Recommender, history: History, k: int) -> list[RecIte
 
 def recommend_many(recommender: Recommender, histories: Mapping[str, History], k: int) -> dict[str, list[RecItem]]:
     tops = recommender.top_k_for_users(histories, k)
-    return {user: explained(recommender, histories[user], top) for user, top in tops.items()}
+    return explained_many(recommender, histories, tops)
+
+
+def explained_many(
+    recommender: Recommender, histories: Mapping[str, History], tops: Mapping[str, Sequence[tuple[str, float]]]
+) -> dict[str, list[RecItem]]:
+    """``explained`` for many users: the same explanations, every vector fetched and normalised once.
+
+    Per user ``explained`` fetches and normalises its vectors itself (two locked look-ups and two
+    normalisations per user); here the batch's distinct items are fetched in two calls and
+    normalised once, and each user's similarity matrix is the same (k, h) product ``explain``
+    computes, so ties and rounding resolve identically.
+    """
+    keys = dict.fromkeys(key for user in tops for key in histories[user])
+    known = [key for key in keys if recommender.has_item(*key)]
+    rec_ids = {item_id: None for top in tops.values() for item_id, _ in top}
+    hist_pos = {key: j for j, key in enumerate(known)}
+    rec_pos = {item_id: j for j, item_id in enumerate(rec_ids)}
+    hist_units = unit_rows(recommender.vectors_for(known)) if known else None
+    rec_units = unit_rows(recommender.vectors_for([(recommender.target_domain, i) for i in rec_ids])) if rec_ids else None
+    out: dict[str, list[RecItem]] = {}
+    for user, top in tops.items():
+        seen = [key for key in histories[user] if key in hist_pos]
+        if not top or not seen:
+            out[user] = [RecItem(item_id, score, None) for item_id, score in top]
+            continue
+        assert hist_units is not None and rec_units is not None
+        best = most_similar(
+            rec_units[np.fromiter((rec_pos[i] for i, _ in top), np.int64, len(top))],
+            hist_units[np.fromiter((hist_pos[key] for key in seen), np.int64, len(seen))],
+        )
+        out[user] = [RecItem(item_id, score, seen[int(j)][1]) for (item_id, score), j in zip(top, best)]
+    return out

@@ -199,6 +199,10 @@ class StreamingSettings(BaseModel):
     # Push each touched user's fresh features to Feast (user_features_push) in the batch that
     # writes their lists; skipped (counted) while no Feast registry exists.
     push_features: bool = True
+    # Processed batches that may wait, uncommitted, for their Feast push (it runs on a worker
+    # thread, overlapping the next batches); past this many the loop waits for the push. A crash
+    # re-delivers the uncommitted batches (at most this many plus one).
+    max_pending_batches: int = Field(default=4, ge=1)
 
 
 class ServicesSettings(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from crossrec.evaluation import MISSED, rank_batch
 from crossrec.registry import RegistryError, registry_for
 
 History = Sequence[tuple[str, str]]
+
+SCORE_ROWS = 64  # users whose logits are computed and ranked together (64 x 20k float32 = 5 MB)
 
 
 class Recommender:
@@ -41,6 +44,9 @@ class Recommender:
         self._index = {k: i for i, k in enumerate(self._keys) if i > 0}
         self._vecs = torch.from_numpy(art.vectors.copy())
         self._target_rows = np.flatnonzero(art.items["domain"].to_numpy() == self.target_domain)
+        # Token-domain id of every row (0 source, 1 target, -1 neither); row 0, the padding, is 0.
+        codes = {self.source_domain: 0, self.target_domain: 1}
+        self._dom_codes = torch.as_tensor([0] + [codes.get(d, -1) for d, _ in self._keys[1:]], dtype=torch.int64)
         self.unknown_items = 0  # history items the model has no vector for (skipped, counted)
         self._refresh_targets()
 
@@ -77,6 +83,7 @@ class Recommender:
                 self._keys.append(key)
                 self._index[key] = row
                 self._vecs = torch.cat([self._vecs, v])
+                self._dom_codes = torch.cat([self._dom_codes, torch.as_tensor([self._domain_code(domain)])])
                 if domain == self.target_domain:
                     self._target_rows = np.append(self._target_rows, row)
             else:
@@ -106,23 +113,46 @@ class Recommender:
         return rows[-(self.max_len - 1) :] if self.max_len > 1 else []
 
     @torch.no_grad()
-    def _logits(self, histories: Sequence[History]) -> np.ndarray:
+    def _queries(self, histories: Sequence[History]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(users, dim) query rows f_u * W / temperature, and the target matrix they score against.
+
+        Both come from one snapshot under the lock, so an item added meanwhile cannot shift the
+        columns between them.
+        """
         with self._lock:
-            vecs, target_mat = self._vecs, self._target_mat
+            vecs, target_mat, dom_codes = self._vecs, self._target_mat, self._dom_codes
             rows = [self._rows(h) for h in histories]
-            dom_of = {r: self._domain_code(self._keys[r][0]) for rr in rows for r in rr}
-        L = max((len(r) for r in rows), default=0) + 1
-        tok = torch.zeros(len(rows), L, dtype=torch.int64)
-        dom = torch.zeros(len(rows), L, dtype=torch.int64)
-        for i, r in enumerate(rows):
-            if r:
-                tok[i, 1 : len(r) + 1] = torch.as_tensor(r)
-                dom[i, 1 : len(r) + 1] = torch.as_tensor([dom_of[x] for x in r])
+        n = len(rows)
+        sizes = torch.as_tensor([len(r) for r in rows], dtype=torch.int64)
+        L = int(sizes.max()) + 1 if n else 1
+        # [BOS, row ids..., padding 0] per user, filled with one scatter rather than a copy per user.
+        flat = torch.as_tensor(list(chain.from_iterable(rows)), dtype=torch.int64)
+        user = torch.repeat_interleave(torch.arange(n), sizes)
+        starts = torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
+        tok = torch.zeros(n, L, dtype=torch.int64)
+        tok[user, torch.arange(flat.numel()) - starts + 1] = flat
+        dom = dom_codes[tok]  # padding (row 0) gets 0, as the model was trained with
+        if bool((dom < 0).any()):
+            bad = self._keys[int(tok[dom < 0][0])][0]
+            self._domain_code(bad)  # raises: an item of a domain the model does not know
         dom[:, 0] = BOS_DOMAIN_ID
-        lengths = torch.as_tensor([len(r) + 1 for r in rows])
+        lengths = sizes + 1
         h = self.model.user_states(vecs[tok], dom, lengths)
-        last = h[torch.arange(len(rows)), lengths - 1]
-        return self.model.logits(last, target_mat).numpy()
+        return self.model.query(h[torch.arange(n), lengths - 1]), target_mat
+
+    @torch.no_grad()
+    def _block_logits(self, query: torch.Tensor, target_mat: torch.Tensor, out: torch.Tensor | None = None) -> np.ndarray:
+        """``model.logits`` of query rows, the bias fused into the matmul (one pass over the output).
+
+        The same float32 values as ``query @ target_mat.T + b`` for any number of rows
+        (tests/test_inference_topk.py), so blocking the users changes no score.
+        """
+        if out is None:
+            return torch.addmm(self.model.b, query, target_mat.T).numpy()
+        return torch.addmm(self.model.b, query, target_mat.T, out=out).numpy()
+
+    def _logits(self, histories: Sequence[History]) -> np.ndarray:
+        return self._block_logits(*self._queries(histories))
 
     def logits(self, histories: Sequence[History]) -> np.ndarray:
         """(users, target items) raw model logits, unmasked (the routed model normalises and mixes them)."""
@@ -168,9 +198,26 @@ class Recommender:
             out.append([(self._target_ids[j], float(p)) for j, p in zip(idx[i, :keep], prob[i, :keep])])
         return out
 
+    def _top_k(self, histories: Sequence[History], masks: Sequence[np.ndarray], k: int) -> list[list[tuple[str, float]]]:
+        """Top-k of each history, the logits computed and ranked ``SCORE_ROWS`` users at a time.
+
+        Why blocks: the logits of a whole batch (500 users x 20k items, 40 MB of float32) are
+        written once and read back by the top-k, a trip through main memory (and fresh pages) per
+        batch; a block's logits stay in cache between the matmul and its top-k. The user states
+        are still computed for the whole batch in one GRU call.
+        """
+        query, target_mat = self._queries(histories)
+        block = torch.empty(min(SCORE_ROWS, len(histories)), target_mat.shape[0])  # reused: no fresh pages per block
+        out: list[list[tuple[str, float]]] = []
+        for s in range(0, len(histories), SCORE_ROWS):
+            rows = query[s : s + SCORE_ROWS]
+            logits = self._block_logits(rows, target_mat, block[: rows.shape[0]])
+            out += self._top_many(logits, masks[s : s + SCORE_ROWS], k)
+        return out
+
     def score_history(self, history: History, k: int, exclude: Iterable[str] | None = None) -> list[tuple[str, float]]:
         """Top-k target items for one user history; already-seen target items are never returned."""
-        return self._top_many(self._logits([history]), self._masks([history], [exclude or ()]), k)[0]
+        return self._top_k([history], self._masks([history], [exclude or ()]), k)[0]
 
     def top_k_for_users(self, histories: Mapping[str, History], k: int, batch_size: int = 512) -> dict[str, list[tuple[str, float]]]:
         """Batch scoring for the publisher and the consumer: {user_id: [(item_id, score), ...]}."""
@@ -179,7 +226,7 @@ class Recommender:
         for s in range(0, len(users), batch_size):
             chunk = users[s : s + batch_size]
             hs = [histories[u] for u in chunk]
-            out.update(zip(chunk, self._top_many(self._logits(hs), self._masks(hs, None), k)))
+            out.update(zip(chunk, self._top_k(hs, self._masks(hs, None), k)))
         return out
 
     def ranks(self, histories: Sequence[History], targets: Sequence[str], batch_size: int = 512) -> np.ndarray:
