@@ -19,12 +19,11 @@ import torch
 
 from crossrec.adaptation.artifacts import read_artifact
 from crossrec.adaptation.data import BOS_DOMAIN_ID
+from crossrec.adaptation.model import CrossDomainModel
 from crossrec.evaluation import MISSED, rank_batch
 from crossrec.registry import RegistryError, registry_for
 
 History = Sequence[tuple[str, str]]
-
-SCORE_ROWS = 64  # users whose logits are computed and ranked together (64 x 20k float32 = 5 MB)
 
 
 class Recommender:
@@ -32,18 +31,25 @@ class Recommender:
 
     def __init__(self, version: str, path: Path) -> None:
         art = read_artifact(path)
+        self._init_parts(version, art.model, art.config, list(zip(art.items["domain"], art.items["item_id"])), art.vectors)
+
+    def _init_parts(
+        self, version: str, model: CrossDomainModel, config: dict, keys: list[tuple[str, str]], vectors: np.ndarray
+    ) -> None:
+        """The state of a loaded model: ``keys[i]`` is row i of ``vectors`` (f_i), row 0 the padding."""
         self.version = version
-        self.model = art.model
-        self.config = art.config
-        self.view: str = art.config["view"]
-        self.source_domain: str = art.config["source_domain"]
-        self.target_domain: str = art.config["target_domain"]
-        self.max_len: int = art.model.cfg.max_len
+        self.model = model
+        self.config = config
+        self.view: str = config["view"]
+        self.source_domain: str = config["source_domain"]
+        self.target_domain: str = config["target_domain"]
+        self.max_len: int = model.cfg.max_len
         self._lock = threading.RLock()
-        self._keys: list[tuple[str, str]] = list(zip(art.items["domain"], art.items["item_id"]))
+        self._buffers = threading.local()  # per thread: the logits buffer of _top_k
+        self._keys: list[tuple[str, str]] = list(keys)
         self._index = {k: i for i, k in enumerate(self._keys) if i > 0}
-        self._vecs = torch.from_numpy(art.vectors.copy())
-        self._target_rows = np.flatnonzero(art.items["domain"].to_numpy() == self.target_domain)
+        self._vecs = torch.from_numpy(np.array(vectors))  # a copy: add_item writes into it
+        self._target_rows = np.asarray([i for i, (d, _) in enumerate(self._keys) if d == self.target_domain], dtype=np.int64)
         # Token-domain id of every row (0 source, 1 target, -1 neither); row 0, the padding, is 0.
         codes = {self.source_domain: 0, self.target_domain: 1}
         self._dom_codes = torch.as_tensor([0] + [codes.get(d, -1) for d, _ in self._keys[1:]], dtype=torch.int64)
@@ -113,8 +119,8 @@ class Recommender:
         return rows[-(self.max_len - 1) :] if self.max_len > 1 else []
 
     @torch.no_grad()
-    def _queries(self, histories: Sequence[History]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(users, dim) query rows f_u * W / temperature, and the target matrix they score against.
+    def _user_states(self, histories: Sequence[History]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(users, dim) user states f_u after each history, and the target matrix of the same moment.
 
         Both come from one snapshot under the lock, so an item added meanwhile cannot shift the
         columns between them.
@@ -138,21 +144,26 @@ class Recommender:
         dom[:, 0] = BOS_DOMAIN_ID
         lengths = sizes + 1
         h = self.model.user_states(vecs[tok], dom, lengths)
-        return self.model.query(h[torch.arange(n), lengths - 1]), target_mat
+        return h[torch.arange(n), lengths - 1], target_mat
 
     @torch.no_grad()
-    def _block_logits(self, query: torch.Tensor, target_mat: torch.Tensor, out: torch.Tensor | None = None) -> np.ndarray:
-        """``model.logits`` of query rows, the bias fused into the matmul (one pass over the output).
+    def _logits(self, histories: Sequence[History], out: torch.Tensor | None = None) -> np.ndarray:
+        states, target_mat = self._user_states(histories)
+        if out is not None:
+            out = self._scratch(out, len(histories), target_mat.shape[0])
+        return self.model.logits(states, target_mat, out).numpy()
 
-        The same float32 values as ``query @ target_mat.T + b`` for any number of rows
-        (tests/test_inference_topk.py), so blocking the users changes no score.
+    def _scratch(self, flat: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        """A (rows, cols) matrix over ``flat``'s memory, grown when too small.
+
+        Why: a batch's logits (500 users x 20k items, 40 MB) in fresh memory cost the page faults
+        of 40 MB per batch, a third of the matmul's time; the consumer scores every batch into
+        the same memory instead. Per thread (``_buffers``), so threads never share one.
         """
-        if out is None:
-            return torch.addmm(self.model.b, query, target_mat.T).numpy()
-        return torch.addmm(self.model.b, query, target_mat.T, out=out).numpy()
-
-    def _logits(self, histories: Sequence[History]) -> np.ndarray:
-        return self._block_logits(*self._queries(histories))
+        if flat.numel() < rows * cols:
+            flat = torch.empty(rows * cols)
+            self._buffers.flat = flat
+        return flat[: rows * cols].view(rows, cols)
 
     def logits(self, histories: Sequence[History]) -> np.ndarray:
         """(users, target items) raw model logits, unmasked (the routed model normalises and mixes them)."""
@@ -199,21 +210,13 @@ class Recommender:
         return out
 
     def _top_k(self, histories: Sequence[History], masks: Sequence[np.ndarray], k: int) -> list[list[tuple[str, float]]]:
-        """Top-k of each history, the logits computed and ranked ``SCORE_ROWS`` users at a time.
+        """Top-k of each history; the logits go to this thread's reused buffer (``_scratch``).
 
-        Why blocks: the logits of a whole batch (500 users x 20k items, 40 MB of float32) are
-        written once and read back by the top-k, a trip through main memory (and fresh pages) per
-        batch; a block's logits stay in cache between the matmul and its top-k. The user states
-        are still computed for the whole batch in one GRU call.
+        The whole batch is one matmul, as before: BLAS may round a row differently when it is
+        computed in a block of another size, and the lists must not depend on such blocking.
         """
-        query, target_mat = self._queries(histories)
-        block = torch.empty(min(SCORE_ROWS, len(histories)), target_mat.shape[0])  # reused: no fresh pages per block
-        out: list[list[tuple[str, float]]] = []
-        for s in range(0, len(histories), SCORE_ROWS):
-            rows = query[s : s + SCORE_ROWS]
-            logits = self._block_logits(rows, target_mat, block[: rows.shape[0]])
-            out += self._top_many(logits, masks[s : s + SCORE_ROWS], k)
-        return out
+        flat = getattr(self._buffers, "flat", None)
+        return self._top_many(self._logits(histories, flat if flat is not None else torch.empty(0)), masks, k)
 
     def score_history(self, history: History, k: int, exclude: Iterable[str] | None = None) -> list[tuple[str, float]]:
         """Top-k target items for one user history; already-seen target items are never returned."""
