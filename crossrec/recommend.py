@@ -45,26 +45,32 @@ def explained_many(
 
     Per user ``explained`` fetches and normalises its vectors itself (two locked look-ups and two
     normalisations per user); here the batch's distinct items are fetched in two calls and
-    normalised once, and each user's similarity matrix is the same (k, h) product ``explain``
-    computes, so ties and rounding resolve identically.
+    normalised once, the row positions of all users are built in one pass, and each user's
+    similarity matrix is the same (k, h) product ``explain`` computes, so ties and rounding
+    resolve identically.
     """
-    keys = dict.fromkeys(key for user in tops for key in histories[user])
+    users = list(tops)
+    keys = dict.fromkeys(key for user in users for key in histories[user])
     known = [key for key in keys if recommender.has_item(*key)]
-    rec_ids = {item_id: None for top in tops.values() for item_id, _ in top}
     hist_pos = {key: j for j, key in enumerate(known)}
+    seen = [[key for key in histories[user] if key in hist_pos] for user in users]
+    rec_ids = list(dict.fromkeys(item_id for user in users for item_id, _ in tops[user]))
     rec_pos = {item_id: j for j, item_id in enumerate(rec_ids)}
-    hist_units = unit_rows(recommender.vectors_for(known)) if known else None
-    rec_units = unit_rows(recommender.vectors_for([(recommender.target_domain, i) for i in rec_ids])) if rec_ids else None
+    n_hist = [len(s) for s in seen]
+    n_top = [len(tops[user]) for user in users]
+    hist_rows = np.fromiter((hist_pos[key] for s in seen for key in s), np.int64, sum(n_hist))
+    top_rows = np.fromiter((rec_pos[item_id] for user in users for item_id, _ in tops[user]), np.int64, sum(n_top))
+    hist_units = unit_rows(recommender.vectors_for(known)) if known else np.zeros((0, 0), np.float32)
+    rec_units = unit_rows(recommender.vectors_for([(recommender.target_domain, i) for i in rec_ids])) if rec_ids else hist_units
     out: dict[str, list[RecItem]] = {}
-    for user, top in tops.items():
-        seen = [key for key in histories[user] if key in hist_pos]
-        if not top or not seen:
+    h0 = t0 = 0
+    for user, s, nh, nt in zip(users, seen, n_hist, n_top):
+        top = tops[user]
+        if nt and nh:
+            best = most_similar(rec_units[top_rows[t0 : t0 + nt]], hist_units[hist_rows[h0 : h0 + nh]])
+            out[user] = [RecItem(item_id, score, s[j][1]) for (item_id, score), j in zip(top, best.tolist())]
+        else:
             out[user] = [RecItem(item_id, score, None) for item_id, score in top]
-            continue
-        assert hist_units is not None and rec_units is not None
-        best = most_similar(
-            rec_units[np.fromiter((rec_pos[i] for i, _ in top), np.int64, len(top))],
-            hist_units[np.fromiter((hist_pos[key] for key in seen), np.int64, len(seen))],
-        )
-        out[user] = [RecItem(item_id, score, seen[int(j)][1]) for (item_id, score), j in zip(top, best)]
+        h0 += nh
+        t0 += nt
     return out
