@@ -52,9 +52,10 @@ def _small_model_recommender(n_source: int = 150, n_target: int = 400, seed: int
     model = CrossDomainModel(cfg).eval()
     with torch.no_grad():
         model.b.fill_(0.37)  # a trained model's bias is not 0
+        model.encoder.dom.weight.normal_()  # nor are its domain embeddings
     keys = [("", "")] + [("art", f"a{i}") for i in range(n_source)] + [("office", f"o{i}") for i in range(n_target)]
     vecs = torch.nn.functional.normalize(torch.randn(len(keys), cfg.dim), dim=-1).numpy()
-    vecs[5] = vecs[7]  # two source items alike: explanation ties
+    vecs[5] = vecs[7]  # two source items alike (rows 5 and 7: a4 and a6): explanation ties
     vecs[n_source + 3] = vecs[n_source + 9]  # two target items alike: score ties
     rec = object.__new__(Recommender)
     rec._init_parts("t1", model, {"view": "mixed", "source_domain": "art", "target_domain": "office"}, keys, vecs)
@@ -72,7 +73,7 @@ def _histories(rec: Recommender, n: int, seed: int = 1) -> dict[str, list[tuple[
         if u % 7 == 0:
             h.append(("office", "unknown-item"))
         out[f"u{u}"] = h
-    out["twins"] = [("art", "a5"), ("art", "a7")]
+    out["twins"] = [("art", "a4"), ("art", "a6")]
     return out
 
 
@@ -117,5 +118,28 @@ def test_batched_explanations_equal_the_per_user_ones() -> None:
     assert got == {u: explained(rec, histories[u], tops[u]) for u in histories}
     assert got["empty"] and all(item.because is None for item in got["empty"] + got["unknown-only"])
     # the twins tie on every recommendation: the later (more recent) history item explains it
-    assert {item.because for item in got["twins"]} == {"a7"}
-    assert explain(rec.vectors_for([("office", "o1")]), rec.vectors_for(histories["twins"]), ["a5", "a7"]) == ["a7"]
+    assert {item.because for item in got["twins"]} == {"a6"}
+    assert explain(rec.vectors_for([("office", "o1")]), rec.vectors_for(histories["twins"]), ["a4", "a6"]) == ["a6"]
+
+
+def test_user_states_read_each_history_as_bos_then_its_items_with_their_domains() -> None:
+    """The scatter that builds the batch's token and domain matrices, against a plain per-row build."""
+    from crossrec.adaptation.data import BOS_DOMAIN_ID
+
+    rec = _small_model_recommender()
+    hs = list(_histories(rec, 40).values())
+    rows = [rec._rows(h) for h in hs]
+    L = max(len(r) for r in rows) + 1
+    tok = torch.zeros(len(rows), L, dtype=torch.int64)
+    dom = torch.zeros(len(rows), L, dtype=torch.int64)
+    for i, r in enumerate(rows):
+        for j, row in enumerate(r, start=1):
+            tok[i, j] = row
+            dom[i, j] = 1 if rec._keys[row][0] == "office" else 0
+    dom[:, 0] = BOS_DOMAIN_ID
+    lengths = torch.as_tensor([len(r) + 1 for r in rows])
+    with torch.no_grad():
+        expected = rec.model.user_states(rec._vecs[tok], dom, lengths)[torch.arange(len(rows)), lengths - 1]
+    states, _ = rec._user_states(hs)
+    assert torch.equal(states, expected)
+    assert any(len(r) == 0 for r in rows) and any(len(r) == rec.max_len - 1 for r in rows)  # empty and truncated
