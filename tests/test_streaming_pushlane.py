@@ -118,3 +118,23 @@ def test_the_consumer_commits_a_batch_only_after_its_push_returned(services_sett
         consumer.stop()
         runner.join(30)
         consumer.close()
+
+
+@pytest.mark.integration
+def test_a_push_failing_on_redis_holds_the_commit_until_a_later_push_succeeds(
+    services_settings: Settings, redis_client, tmp_path: Path
+) -> None:
+    settings = catalogue_settings(services_settings.model_copy(update={"work_dir": tmp_path / "work"}), redis_client)
+    consumer = RecsConsumer(settings, lambda: CatalogueScorer("m1", ["o1", "o2", "o3", "o4"]), poll_timeout_ms=100)
+    pushes = _Pushes()
+    pushes.fail = 2
+    assert consumer._push_lane is not None
+    consumer._push_lane._push = pushes
+    produce(settings, settings.kafka.events_topic, [make_event(f"u{n}", "office", "o2", 1_600_000_000_000 + n) for n in range(4)])
+    try:
+        stats = consumer.run(max_events=4, max_seconds=40)
+    finally:
+        consumer.close()
+    assert stats.dependency_errors >= 2 and stats.consumed == 4
+    assert committed_total(settings)[0] == 4
+    assert {u for call in pushes.calls for u in call} == {f"u{n}" for n in range(4)}  # nobody's push lost

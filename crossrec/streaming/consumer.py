@@ -9,24 +9,26 @@ Per poll (at most ``streaming.max_poll_records`` messages, which bounds a batch'
    script, all in one pipeline (see :mod:`crossrec.streaming.history`);
 3. **score** every touched user of the batch with one matmul over the target catalogue;
 4. **write** every list in one pipeline;
-4b. **push** the touched users' fresh features to Feast (:mod:`crossrec.features.push`), in a
-    background thread while the next batch is polled and scored (see below);
-5. **commit** the batch's offsets, after the dead-letter sends of the batch are confirmed and its
-   Feast push has finished.
+4b. **push** the touched users' fresh features to Feast (:mod:`crossrec.features.push`), on a
+    worker thread while the next batches are polled and scored (see below);
+5. **commit** the batch's offsets, once the dead-letter sends of the batch are confirmed and a
+   Feast push carrying its users has returned.
 
 Delivery guarantee: offsets are committed only after everything a batch caused is durable, so a
 crash re-delivers at most the uncommitted batches and loses nothing; re-delivery is harmless because
 the dedupe script skips an event already applied, and a re-delivered event re-scores and re-pushes
 its user.
 
-The Feast push (tens of ms per batch, mostly Feast's own Python) runs on one worker thread and
-overlaps the next batch. A batch's offsets are committed only once its push returned, so at most
-two batches are uncommitted at a time (the one being processed, and the previous one whose push
-may still run); a crash re-delivers both, and their users are pushed again. Pushes run one at a
-time in batch order, so a user's older features never overwrite newer ones. A push that fails on
-Redis is redone (synchronously, with the dependency retries below) before its batch is committed;
-any other push failure is logged and counted by :class:`~crossrec.features.push.FeaturePusher`,
-never silent. A message that cannot be handled (bad bytes, an
+The Feast push (tens of ms per batch, mostly Feast's own Python) runs on the push lane
+(:mod:`crossrec.streaming.pushlane`): one worker thread, pushes one at a time and in order,
+batches that arrive during a push merged into the next one. A batch's offsets are committed only
+once a push carrying its users returned; past ``streaming.max_pending_batches`` uncommitted
+batches the loop waits for the push (so at most that many plus one); a crash re-delivers them and
+their users are pushed again. A push that fails on Redis goes back into the next push (newer
+histories win) and its batches stay uncommitted until one succeeds; any other push failure is
+logged and counted by :class:`~crossrec.features.push.FeaturePusher`, never silent.
+
+A message that cannot be handled (bad bytes, an
 unknown item, a text the encoder cannot embed, a corrupt stored history, a scoring failure) goes
 to the dead-letter topic with a reason and the partition goes on. A dependency error (Redis or
 the broker) retries the whole batch with exponential backoff (tenacity) until it is back; the
@@ -326,7 +328,10 @@ class RecsConsumer:
         ticket = 0
         if self._push_lane is not None and outcome.touched:
             ticket = self._push_lane.add(self._push_histories(outcome))
-            self._push_lane.poll()  # starts the push now if the worker is free
+            try:
+                self._push_lane.poll()  # starts the push now if the worker is free
+            except DEPENDENCY_ERRORS:
+                pass  # an earlier push failed; the lane queued it again and _settle reports it
         clock.mark("push")
         outcome.stage_s["poll"] = poll_s
         self._pending.append(_Pending(records, outcome, started - poll_s, ticket))
