@@ -43,34 +43,35 @@ def explained_many(
 ) -> dict[str, list[RecItem]]:
     """``explained`` for many users: the same explanations, every vector fetched and normalised once.
 
-    Per user ``explained`` fetches and normalises its vectors itself (two locked look-ups and two
-    normalisations per user); here the batch's distinct items are fetched in two calls and
-    normalised once, the row positions of all users are built in one pass, and each user's
-    similarity matrix is the same (k, h) product ``explain`` computes, so ties and rounding
-    resolve identically.
+    Per user ``explained`` looks its items up and normalises their vectors itself; here all
+    history items of the batch are looked up in one call, each distinct item's vector is
+    fetched and normalised once, and each user's similarity matrix is the same (k, h) product
+    ``explain`` computes (its known history items, in order), so ties and rounding resolve
+    identically.
     """
     users = list(tops)
-    keys = dict.fromkeys(key for user in users for key in histories[user])
-    known = [key for key in keys if recommender.has_item(*key)]
-    hist_pos = {key: j for j, key in enumerate(known)}
-    seen = [[key for key in histories[user] if key in hist_pos] for user in users]
+    keys = [key for user in users for key in histories[user]]
+    rows = recommender.rows_for(keys)
+    known = rows >= 0
+    hist_rows, hist_pos = np.unique(rows[known], return_inverse=True)
+    pos = np.full(len(keys), -1, np.int64)
+    pos[known] = hist_pos
     rec_ids = list(dict.fromkeys(item_id for user in users for item_id, _ in tops[user]))
     rec_pos = {item_id: j for j, item_id in enumerate(rec_ids)}
-    n_hist = [len(s) for s in seen]
-    n_top = [len(tops[user]) for user in users]
-    hist_rows = np.fromiter((hist_pos[key] for s in seen for key in s), np.int64, sum(n_hist))
-    top_rows = np.fromiter((rec_pos[item_id] for user in users for item_id, _ in tops[user]), np.int64, sum(n_top))
-    hist_units = unit_rows(recommender.vectors_for(known)) if known else np.zeros((0, 0), np.float32)
-    rec_units = unit_rows(recommender.vectors_for([(recommender.target_domain, i) for i in rec_ids])) if rec_ids else hist_units
+    target = recommender.target_domain
+    hist_units = unit_rows(recommender.vectors_at(hist_rows))
+    rec_units = unit_rows(recommender.vectors_at(recommender.rows_for([(target, i) for i in rec_ids]))) if rec_ids else hist_units
     out: dict[str, list[RecItem]] = {}
-    h0 = t0 = 0
-    for user, s, nh, nt in zip(users, seen, n_hist, n_top):
-        top = tops[user]
-        if nt and nh:
-            best = most_similar(rec_units[top_rows[t0 : t0 + nt]], hist_units[hist_rows[h0 : h0 + nh]])
-            out[user] = [RecItem(item_id, score, s[j][1]) for (item_id, score), j in zip(top, best.tolist())]
+    start = 0
+    for user in users:
+        top, n = tops[user], len(histories[user])
+        user_pos = pos[start : start + n]
+        at = np.flatnonzero(user_pos >= 0)  # the user's known history items, in history order
+        if top and at.size:
+            best = most_similar(rec_units[[rec_pos[item_id] for item_id, _ in top]], hist_units[user_pos[at]])
+            because = [keys[start + int(j)][1] for j in at[best]]
+            out[user] = [RecItem(item_id, score, b) for (item_id, score), b in zip(top, because)]
         else:
             out[user] = [RecItem(item_id, score, None) for item_id, score in top]
-        h0 += nh
-        t0 += nt
+        start += n
     return out

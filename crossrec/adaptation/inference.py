@@ -105,6 +105,18 @@ class Recommender:
             rows = [self._index[key] for key in keys]
             return self._vecs[torch.as_tensor(rows, dtype=torch.int64)].numpy()
 
+    def rows_for(self, keys: Sequence[tuple[str, str]]) -> np.ndarray:
+        """The row of each key in the item index, -1 for an unknown item (one look-up per key,
+        no exception: a batch's explanations look up every history item of every user)."""
+        with self._lock:
+            get = self._index.get
+            return np.array([get(key, -1) for key in keys], dtype=np.int64)
+
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        """f_i of index rows from ``rows_for`` (unknown ones left out by the caller)."""
+        with self._lock:
+            return self._vecs[torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))].numpy()
+
     # ------------------------------------------------------------------ scoring
     def _rows(self, history: History) -> list[int]:
         rows = []
