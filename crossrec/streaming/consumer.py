@@ -61,7 +61,7 @@ from crossrec.publish import ItemDisplay, RecWriter
 from crossrec.settings import Settings
 from crossrec.streaming.catalog import queue_item_vectors
 from crossrec.streaming.faults import DEPENDENCY_ERRORS, dead_letter_payload, dependency_name
-from crossrec.streaming.history import APPLIED, DUPLICATE, OUTSIDE_WINDOW, HistoryApplier, PendingEvent, decode_history
+from crossrec.streaming.history import APPLIED, DUPLICATE, OUTSIDE_WINDOW, HistoryApplier, HistoryDecoder, PendingEvent
 from crossrec.streaming.messages import BadMessage, EventMessage, ItemMessage, parse_event, parse_item
 from crossrec.streaming.metrics import STAGES, ConsumerMetrics
 from crossrec.streaming.pushlane import PushLane
@@ -197,6 +197,7 @@ class RecsConsumer:
         self.history = HistoryApplier(
             self.writer.client, self.schema, history_cap=self.writer.history_cap, dedupe_window=cfg.dedupe_window
         )
+        self.decoder = HistoryDecoder()
         self.scorer_factory = scorer_factory
         self.scorer: Scorer | None = None
         self.known_domains = set(settings.domains)
@@ -519,7 +520,7 @@ class RecsConsumer:
         users = list(touched)
         histories: dict[str, list[HistoryEvent]] = {}
         for user, raw in zip(users, self.history.read_histories(users)):
-            entries, bad = decode_history(raw)
+            entries, bad = self.decoder.decode(raw)
             if bad:
                 # The events that led here are reported; the unreadable entries are removed in
                 # the write pipeline, so the user's next events score normally again.
