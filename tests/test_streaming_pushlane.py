@@ -138,3 +138,21 @@ def test_a_push_failing_on_redis_holds_the_commit_until_a_later_push_succeeds(
     assert stats.dependency_errors >= 2 and stats.consumed == 4
     assert committed_total(settings)[0] == 4
     assert {u for call in pushes.calls for u in call} == {f"u{n}" for n in range(4)}  # nobody's push lost
+
+
+def test_pushes_start_at_most_once_per_interval_unless_waited_for() -> None:
+    pushes = _Pushes()
+    lane = PushLane(pushes, min_interval_s=30.0)
+    try:
+        t1 = lane.add({"u1": ["a"]})
+        lane.poll()  # the first push starts at once
+        lane.wait(t1, timeout_s=10)
+        t2 = lane.add({"u2": ["b"]})
+        lane.poll()
+        t3 = lane.add({"u3": ["c"]})
+        lane.poll()
+        assert len(pushes.calls) == 1 and lane.done == t1  # within the interval: held and merged
+        lane.wait(t3, timeout_s=10)  # a wait (idle, exit, too much uncommitted) starts it at once
+        assert pushes.calls == [{"u1": ["a"]}, {"u2": ["b"], "u3": ["c"]}] and lane.done == t3 > t2
+    finally:
+        lane.close()

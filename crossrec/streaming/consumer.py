@@ -21,10 +21,10 @@ its user.
 
 The Feast push (tens of ms per batch, mostly Feast's own Python) runs on the push lane
 (:mod:`crossrec.streaming.pushlane`): one worker thread, pushes one at a time and in order,
-batches that arrive during a push merged into the next one. A batch's offsets are committed only
-once a push carrying its users returned; past ``streaming.max_pending_batches`` uncommitted
-batches the loop waits for the push (so at most that many plus one); a crash re-delivers them and
-their users are pushed again. A push that fails on Redis goes back into the next push (newer
+batches that arrive during a push merged into the next one. A push starts at most every ``streaming.push_interval_s``. A batch's offsets are committed
+only once a push carrying its users returned; past ``streaming.max_pending_events`` uncommitted
+events the loop waits for the push (so at most that many plus one poll are uncommitted); a crash
+re-delivers them and their users are pushed again. A push that fails on Redis goes back into the next push (newer
 histories win) and its batches stay uncommitted until one succeeds; any other push failure is
 logged and counted by :class:`~crossrec.features.push.FeaturePusher`, never silent.
 
@@ -209,7 +209,7 @@ class RecsConsumer:
         self.feature_push = (
             FeaturePusher(settings, lambda outcome: self.metrics.feature_pushes.labels(outcome).inc()) if cfg.push_features else None
         )
-        self._push_lane = PushLane(self.feature_push.push) if self.feature_push is not None else None
+        self._push_lane = PushLane(self.feature_push.push, cfg.push_interval_s) if self.feature_push is not None else None
         self._pending: deque[_Pending] = deque()  # processed, not yet committed, oldest first
         self.healthy = False  # becomes True once both dependencies answered
         self._stop = threading.Event()
@@ -293,8 +293,8 @@ class RecsConsumer:
                 poll_s = time.perf_counter() - poll_started
                 if self._retrying(lambda: self._handle(records, poll_s)):
                     last_message = now
-                    # Commit what is pushed; wait only when too many batches are uncommitted.
-                    self._retrying(lambda: self._settle(wait_all=len(self._pending) > self.cfg.max_pending_batches))
+                    # Commit what is pushed; wait only when too many events are uncommitted.
+                    self._retrying(lambda: self._settle(wait_all=self._pending_count() > self.cfg.max_pending_events))
                     if on_batch is not None:
                         on_batch(self.stats)
             elif self._pending:

@@ -11,9 +11,9 @@ The window: a re-delivered or replayed event is recognised while its id is among
 ``dedupe_window`` newest applied ids (by event time). An event *older* than every id of a full
 window cannot be told apart from a duplicate; it is not applied but reported as
 ``outside_dedupe_window`` (the consumer dead-letters it), never silently dropped. Kafka
-re-delivers at most the uncommitted batches (``max_pending_batches + 1`` polls of
-``max_poll_records`` events: batches wait uncommitted for their Feast push), so a window at least
-as large as one user's events in those covers every crash re-delivery.
+re-delivers at most the uncommitted events (``max_pending_events`` plus one poll of
+``max_poll_records``: batches wait uncommitted for their Feast push), so a window at least as
+large as one user's events among those covers every crash re-delivery.
 """
 
 from __future__ import annotations

@@ -8,8 +8,11 @@ the consumer polls, scores and writes the next batches.
 What it guarantees (the consumer commits a batch only once ``done`` covers its ticket):
 
 - every batch's users are pushed, with a history at least as new as the batch's: batches that
-  arrive while a push runs are merged into the next one (per user, the newest history wins), so
-  at low rates one push serves several small batches instead of queueing one each;
+  arrive while a push runs, or within ``min_interval_s`` of the last push's start, are merged
+  into the next one (per user, the newest history wins). Why the interval: a push has a fixed
+  cost of Feast's own Python (tens of ms), and that Python holds the interpreter lock the
+  consumer's loop needs; at 500 events/s, pushing whenever the worker was free kept it busy
+  half the time and slowed every batch. A ``wait`` starts a queued push at once;
 - pushes run one at a time, in order, so a user's older features never overwrite newer ones;
 - a push that raises a dependency error (Redis down) is not lost: its users go back into the next
   push (newer histories queued since win) and the error is re-raised to the caller, whose retry
@@ -32,8 +35,10 @@ Histories = Mapping[str, Sequence[Any]]
 class PushLane:
     """Tickets: ``add`` returns one per batch; ``done`` is the newest ticket whose push returned."""
 
-    def __init__(self, push: Callable[[Histories], object]) -> None:
+    def __init__(self, push: Callable[[Histories], object], min_interval_s: float = 0.0) -> None:
         self._push = push
+        self.min_interval_s = min_interval_s
+        self._started_at = float("-inf")  # monotonic time the last push started
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="feast-push")
         self._queued: dict[str, Sequence[Any]] = {}
         self._queued_ticket = 0
@@ -59,8 +64,9 @@ class PushLane:
         self._queued_ticket = ticket
         return ticket
 
-    def poll(self) -> None:
-        """Collect a finished push and start the next one; never waits."""
+    def poll(self, force: bool = False) -> None:
+        """Collect a finished push and start the next one (``min_interval_s`` after the last
+        start, at once with ``force``); never waits."""
         running = self._running
         if running is not None and running.done():
             self._running = None
@@ -76,18 +82,19 @@ class PushLane:
             finally:
                 self._running_users = {}
         if self._running is None:
-            if self._queued:
+            if not self._queued:
+                self.done = max(self.done, self._queued_ticket)  # only empty batches were queued
+            elif force or time.monotonic() - self._started_at >= self.min_interval_s:
+                self._started_at = time.monotonic()
                 self._running_users, self._queued = self._queued, {}
                 self._running_ticket = self._queued_ticket
                 self._running = self._worker.submit(self._timed, self._running_users)
-            elif self._queued_ticket > self.done:
-                self.done = self._queued_ticket  # only empty batches were queued
 
     def wait(self, ticket: int, timeout_s: float | None = None) -> None:
         """Block until ``ticket`` is done (pushes started as needed); raises a push's dependency error."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while self.done < ticket:
-            self.poll()
+            self.poll(force=True)
             if self.done >= ticket:
                 return
             running = self._running
