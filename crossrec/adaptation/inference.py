@@ -159,10 +159,10 @@ class Recommender:
         return h[torch.arange(n), lengths - 1], target_mat
 
     @torch.no_grad()
-    def _logits(self, histories: Sequence[History], out: torch.Tensor | None = None) -> np.ndarray:
+    def _logits(self, histories: Sequence[History], scratch: torch.Tensor | None = None) -> np.ndarray:
+        """The model's logits of the histories, in fresh memory or over ``scratch`` (``_scratch``)."""
         states, target_mat = self._user_states(histories)
-        if out is not None:
-            out = self._scratch(out, len(histories), target_mat.shape[0])
+        out = None if scratch is None else self._scratch(scratch, len(histories), target_mat.shape[0])
         return self.model.logits(states, target_mat, out).numpy()
 
     def _scratch(self, flat: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
