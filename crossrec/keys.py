@@ -45,7 +45,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA_VERSION = 2
@@ -162,7 +162,10 @@ class HistoryEvent:
     ts: float  # unix seconds
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # The fields by hand, in their order: the same text as ``asdict``, without its deep copy
+        # (the consumer serialises every event of a batch).
+        return json.dumps({"domain": self.domain, "item_id": self.item_id, "event_type": self.event_type, "ts": self.ts},
+                          separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> HistoryEvent:

@@ -200,8 +200,11 @@ class _DisplayRows:
     """Item rows the writer needs to store lists ready to serve: write-through, read-through.
 
     Rows this writer wrote are exact until it writes them again; rows read from Redis (written
-    by another process) are trusted for ``ttl_s``. A missing item is not cached, so an item
-    written a moment later is found on the next list write.
+    by another process) are trusted for ``ttl_s``, and so is the absence of a row: an item
+    another process writes later is found within ``ttl_s`` (one it writes itself at once).
+    Why remember absences: an explanation is looked up in every domain and found in one, so
+    without it each list write re-read the other domains' missing rows, thousands of HMGETs
+    per consumer batch.
     """
 
     def __init__(self, ttl_s: float = DISPLAY_TTL_S, max_rows: int = DISPLAY_ROWS) -> None:
@@ -226,7 +229,8 @@ class _DisplayRows:
         for key in dict.fromkeys(keys):
             hit = self.rows.get(key)
             if hit is not None and hit[0] >= now:
-                out[key] = hit[1]
+                if hit[1][0] is not None:
+                    out[key] = hit[1]
             else:
                 missing.append(key)
         if missing:
@@ -234,7 +238,7 @@ class _DisplayRows:
                 row = cast(Row, tuple(_text(v) for v in raw))
                 if row[0] is not None:
                     out[key] = row
-                    self.put(key, row, self.ttl_s)
+                self.put(key, row, self.ttl_s)  # a row without a title is no row: remembered as absent
         return out
 
 
@@ -490,13 +494,23 @@ def explain(
     if hist.shape[1] != recs.shape[1]:
         raise ValueError(f"dimension mismatch: recs have {recs.shape[1]}, history has {hist.shape[1]}")
 
-    sims = _unit_rows(recs) @ _unit_rows(hist).T  # (k, h)
-    # argmax returns the first maximum; flip so that ties resolve to the most recent item.
-    best = hist.shape[0] - 1 - np.argmax(sims[:, ::-1], axis=1)
+    best = most_similar(unit_rows(recs), unit_rows(hist))
     ids: list[str | None] = [history_item_ids[int(j)] for j in best]
     return ids[0] if single else ids
 
 
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+def most_similar(rec_units: np.ndarray, history_units: np.ndarray) -> np.ndarray:
+    """Per recommended row, the position of the most similar history row (``unit_rows`` of both).
+
+    Split from :func:`explain` so that a batch of users can normalise every vector once
+    (``crossrec.recommend.recommend_many``) and get the same positions as ``explain`` per user.
+    """
+    sims = rec_units @ history_units.T  # (k, h)
+    # argmax returns the first maximum; flip so that ties resolve to the most recent item.
+    return history_units.shape[0] - 1 - np.argmax(sims[:, ::-1], axis=1)
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1; each row's result depends on that row alone."""
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.maximum(norms, 1e-12)  # a zero vector stays zero (similar to nothing)

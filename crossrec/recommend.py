@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from crossrec.adaptation.inference import History, Recommender
 from crossrec.keys import RecItem
-from crossrec.publish import explain
+from crossrec.publish import explain, most_similar, unit_rows
 
 
 def explained(recommender: Recommender, history: History, top: Sequence[tuple[str, float]]) -> list[RecItem]:
@@ -33,4 +35,43 @@ def recommend(recommender: Recommender, history: History, k: int) -> list[RecIte
 
 def recommend_many(recommender: Recommender, histories: Mapping[str, History], k: int) -> dict[str, list[RecItem]]:
     tops = recommender.top_k_for_users(histories, k)
-    return {user: explained(recommender, histories[user], top) for user, top in tops.items()}
+    return explained_many(recommender, histories, tops)
+
+
+def explained_many(
+    recommender: Recommender, histories: Mapping[str, History], tops: Mapping[str, Sequence[tuple[str, float]]]
+) -> dict[str, list[RecItem]]:
+    """``explained`` for many users: the same explanations, every vector fetched and normalised once.
+
+    Per user ``explained`` looks its items up and normalises their vectors itself; here all
+    history items of the batch are looked up in one call, each distinct item's vector is
+    fetched and normalised once, and each user's similarity matrix is the same (k, h) product
+    ``explain`` computes (its known history items, in order), so ties and rounding resolve
+    identically.
+    """
+    users = list(tops)
+    keys = [key for user in users for key in histories[user]]
+    rows = recommender.rows_for(keys)
+    known = rows >= 0
+    hist_rows, hist_pos = np.unique(rows[known], return_inverse=True)
+    pos = np.full(len(keys), -1, np.int64)
+    pos[known] = hist_pos
+    rec_ids = list(dict.fromkeys(item_id for user in users for item_id, _ in tops[user]))
+    rec_pos = {item_id: j for j, item_id in enumerate(rec_ids)}
+    target = recommender.target_domain
+    hist_units = unit_rows(recommender.vectors_at(hist_rows))
+    rec_units = unit_rows(recommender.vectors_at(recommender.rows_for([(target, i) for i in rec_ids]))) if rec_ids else hist_units
+    out: dict[str, list[RecItem]] = {}
+    start = 0
+    for user in users:
+        top, n = tops[user], len(histories[user])
+        user_pos = pos[start : start + n]
+        at = np.flatnonzero(user_pos >= 0)  # the user's known history items, in history order
+        if top and at.size:
+            best = most_similar(rec_units[[rec_pos[item_id] for item_id, _ in top]], hist_units[user_pos[at]])
+            because = [keys[start + int(j)][1] for j in at[best]]
+            out[user] = [RecItem(item_id, score, b) for (item_id, score), b in zip(top, because)]
+        else:
+            out[user] = [RecItem(item_id, score, None) for item_id, score in top]
+        start += n
+    return out

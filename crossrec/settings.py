@@ -199,6 +199,12 @@ class StreamingSettings(BaseModel):
     # Push each touched user's fresh features to Feast (user_features_push) in the batch that
     # writes their lists; skipped (counted) while no Feast registry exists.
     push_features: bool = True
+    # The Feast push runs on a worker thread, at most once per push_interval_s (batches in
+    # between are merged into one push); a batch is committed once a push carrying its users
+    # returned. Past max_pending_events uncommitted events the loop waits for the push; a crash
+    # re-delivers the uncommitted events (at most this many plus one poll).
+    push_interval_s: float = Field(default=0.25, ge=0)
+    max_pending_events: int = Field(default=2_000, ge=1)
 
 
 class ServicesSettings(BaseModel):

@@ -256,3 +256,38 @@ def test_writer_display_rows_stay_bounded() -> None:
     # what was dropped is read again from Redis, not lost
     fetched = rows.resolve([("office", "o0")], lambda keys: [[b"again", b"", b""] for _ in keys])
     assert fetched == {("office", "o0"): ("again", None, None)}
+
+
+def test_writer_display_rows_remember_an_absent_row_for_the_ttl_only() -> None:
+    """An explanation is probed in every domain: the domains without it must not be re-read per list."""
+    from crossrec.publish import _DisplayRows
+
+    fetches: list[list] = []
+
+    def fetch(keys):
+        fetches.append(list(keys))
+        return [[b"Pens", b"", b""] if key == ("office", "o1") else [None, None, None] for key in keys]
+
+    rows = _DisplayRows(ttl_s=60)
+    wanted = [("office", "o1"), ("art", "o1")]
+    assert rows.resolve(wanted, fetch) == {("office", "o1"): ("Pens", None, None)}
+    assert rows.resolve(wanted, fetch) == {("office", "o1"): ("Pens", None, None)}
+    assert fetches == [wanted]  # the absent art row was not asked for again
+    rows.put(("art", "o1"), ("Brush", None, None))  # this writer writes it: seen at once
+    assert rows.resolve(wanted, fetch)[("art", "o1")] == ("Brush", None, None)
+    expired = _DisplayRows(ttl_s=0.0)
+    expired.resolve(wanted, fetch)
+    expired.resolve(wanted, fetch)
+    assert fetches[-2:] == [wanted, wanted]  # past the ttl an absence is checked again
+
+
+def test_history_event_json_is_its_fields_in_order() -> None:
+    import dataclasses
+    import json
+
+    from crossrec.keys import HistoryEvent
+
+    for ev in (HistoryEvent("office", "o1", "purchase", 1.6e9), HistoryEvent("art", 'ä"x\\y', "click", 1600000000.125)):
+        assert ev.to_json() == json.dumps(dataclasses.asdict(ev), separators=(",", ":"))
+        assert [f.name for f in dataclasses.fields(ev)] == list(json.loads(ev.to_json()))
+        assert HistoryEvent.from_json(ev.to_json()) == ev

@@ -41,3 +41,33 @@ def test_state_per_user_stays_bounded_and_recent_ids_are_recognised(applier: His
 def test_dedupe_key_shares_the_users_hash_tag() -> None:
     key = KeySchema("crossrec").dedupe("user-7")
     assert key == "crossrec:dedupe:{user-7}"
+
+
+def test_history_decode_gives_the_same_verdict_per_entry_as_from_json() -> None:
+    """The fast (msgspec) decode: same events, same bad entries, whatever the entry holds."""
+    from crossrec.streaming.history import HistoryDecoder
+
+    good = [HistoryEvent("office", f"o{n}", "click", 1.6e9 + n).to_json().encode() for n in range(3)]
+    odd = [
+        b'{"domain":"art","item_id":"a1","event_type":"click","ts":NaN}',  # json.loads accepts NaN, msgspec does not
+        '{"domain":"art","item_id":"a2","event_type":"click","ts":1}'.encode("utf-16"),  # json.loads detects UTF-16
+        b"\xef\xbb\xbf{}",  # a BOM, then an object missing every field
+        b"not json",
+        b'["office","o1","click",1]',  # valid JSON, not an event
+        b'{"domain":"art","item_id":"a3","event_type":"click","ts":1,"extra":1}',  # an unknown field
+        b"\xff\xfe\x00",  # not text at all
+    ]
+    raw = [good[2], odd[0], odd[1], good[1], *odd[2:], good[0]]  # newest first, as stored
+    decoder = HistoryDecoder(max_entries=4)
+    events, bad = decoder.decode(raw)
+    expected_events, expected_bad = [], []
+    for entry in reversed(raw):
+        try:
+            expected_events.append(HistoryEvent.from_json(entry))
+        except Exception:  # noqa: BLE001 - the reference verdict
+            expected_bad.append(entry)
+    assert events == expected_events and bad == expected_bad
+    assert [e.item_id for e in events] == ["o0", "o1", "a2", "a1", "o2"] and len(bad) == 5
+    # decoded entries are remembered (bounded); the same bytes give the same verdict from memory
+    assert 0 < len(decoder.known) <= 4 and not set(decoder.known) & set(bad)
+    assert decoder.decode(raw) == (events, bad) and decoder.decode(raw[::-1]) == (events[::-1], bad[::-1])

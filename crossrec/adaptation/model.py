@@ -239,8 +239,13 @@ class CrossDomainModel(nn.Module):
         """f_u * W / temperature: the left side of the inner product."""
         return h * self.w / self.cfg.temperature
 
-    def logits(self, h: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
-        return self.query(h) @ item_vecs.T + self.b
+    def logits(self, h: torch.Tensor, item_vecs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(users, items) logits; ``out`` (inference only) receives them without a fresh allocation
+        (the same values: the product, then the bias added in place)."""
+        if out is None:
+            return self.query(h) @ item_vecs.T + self.b
+        torch.mm(self.query(h), item_vecs.T, out=out)
+        return out.add_(self.b)
 
     def adaptor_parameters(self) -> list[nn.Parameter]:
         """What 'fine-tune only the adaptor' trains: the MoE adaptor plus the scorer (W, b)."""
