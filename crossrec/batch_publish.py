@@ -29,7 +29,7 @@ import pandas as pd
 from rich.progress import Progress
 
 from crossrec.adaptation.inference import Recommender, load_current
-from crossrec.keys import HistoryEvent, KeySchema, RecList
+from crossrec.keys import HistoryEvent, KeySchema, RecList, route_of
 from crossrec.publish import ItemDisplay, RecWriter, make_rec_list
 from crossrec.recommend import recommend_many
 from crossrec.settings import Settings
@@ -136,7 +136,7 @@ def _lists(recommender: Recommender, histories: dict[str, list[tuple[str, str]]]
     recs = recommend_many(recommender, histories, k)
     return [
         (user, make_rec_list([r.item_id for r in items], [r.score for r in items], recommender.version,
-                             because=[r.because for r in items]))
+                             because=[r.because for r in items], route=route_of(items)))
         for user, items in recs.items()
     ]
 

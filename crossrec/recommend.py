@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from crossrec.adaptation.inference import History, Recommender
-from crossrec.keys import RecItem
+from crossrec.keys import RecItem, RoutedItems, route_of
 from crossrec.publish import explain
 
 
@@ -32,5 +32,10 @@ def recommend(recommender: Recommender, history: History, k: int) -> list[RecIte
 
 
 def recommend_many(recommender: Recommender, histories: Mapping[str, History], k: int) -> dict[str, list[RecItem]]:
+    """Each user's explained list; a routed model's lists stay ``RoutedItems`` with their route."""
     tops = recommender.top_k_for_users(histories, k)
-    return {user: explained(recommender, histories[user], top) for user, top in tops.items()}
+    return {user: with_route(explained(recommender, histories[user], top), route_of(top)) for user, top in tops.items()}
+
+
+def with_route(items: list[RecItem], route: str | None) -> list[RecItem]:
+    return items if route is None else RoutedItems(items, route)
