@@ -204,8 +204,8 @@ def test_consumer_writes_the_route_of_the_users_new_segment(settings: Settings, 
 
     publish(settings, settings.work_dir / "clean")  # the catalogue the consumer checks events against
     feast_apply(settings)  # the consumer pushes touched users' features to Feast with each list
-    rr = load_current(settings)
-    assert isinstance(rr, RoutedRecommender)
+    version = registry_for(settings.work_dir).current()
+    rr = RoutedRecommender(version, registry_for(settings.work_dir).path(version))
     steps = [
         [("art", "art-003"), ("art", "art-010")],  # cold
         [("office", "office-002")],  # 1-2
