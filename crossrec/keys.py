@@ -28,6 +28,10 @@ list is stored *ready to serve*: each item with its rank, title, category, brand
 the API passes through. Titles are resolved when the list is written; a renamed item shows its new
 title in a list from that list's next write (the nightly publish or the user's next event).
 
+A list written from a routed model also names the route it took (``"route"``, see
+``RecList.to_json``); the key is absent in lists of unrouted models and of older writers, which
+read as ``route=None``, so the schema version stays 2.
+
 A recommendation list is one string written with a single ``SET``, so readers never see half a
 list: the replacement is atomic.
 """
