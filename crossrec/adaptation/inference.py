@@ -11,6 +11,7 @@ its f_i comes from the adaptor alone, which is the point of a text-based item si
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from crossrec.evaluation import MISSED, rank_batch
 from crossrec.registry import RegistryError, registry_for
 
 History = Sequence[tuple[str, str]]
+log = logging.getLogger(__name__)
 
 
 class Recommender:
@@ -204,7 +206,10 @@ def load_model(settings, version: str, path: Path) -> Recommender:
     from crossrec.adaptation.routing import RoutedRecommender, has_routing
 
     if settings.serving.routing and has_routing(path):
-        return RoutedRecommender(version, path)
+        routed = RoutedRecommender(version, path)
+        log.info("model %s serves through its routing table: %s", version,
+                 ", ".join(f"{seg} -> {c.route}" for seg, c in routed.table.routes.items()))
+        return routed
     return Recommender(version, path)
 
 
