@@ -25,7 +25,8 @@ from crossrec.adaptation.baselines import ItemKNN
 from crossrec.adaptation.inference import Recommender, load_current
 from crossrec.adaptation.model import ModelConfig
 from crossrec.adaptation.pipeline import AdaptOptions, run_adapt
-from crossrec.adaptation.routing import RouteChoice, RoutedRecommender, RoutingTable, _sparse_t, knn_scores, top_k_rows
+from crossrec.adaptation.routing import RouteChoice, RoutedRecommender, RoutingTable, SparseScores, _sparse_t, knn_scores, top_k_rows
+from crossrec.adaptation.scorers import normalise_rows
 from crossrec.adaptation.synthetic import write_synthetic
 from crossrec.adaptation.trainer import TrainConfig
 from crossrec.batch_publish import publish
@@ -70,7 +71,11 @@ def test_sparse_knn_scores_equal_the_fitted_item_knn() -> None:
     rows = np.concatenate([np.full(h.size, u) for u, h in enumerate(histories)]).astype(np.int64)
     cols = np.concatenate(histories).astype(np.int64)
     got = knn_scores(_sparse_t(knn.by_user), _sparse_t(knn.by_item), np.concatenate([rows, rows]), np.concatenate([cols, cols]), len(histories))
-    assert np.array_equal(got, knn.scores(histories).astype(np.float32))  # repeated history items count once
+    want = knn.scores(histories).astype(np.float32)
+    assert np.array_equal(got.dense(), want)  # repeated history items count once
+    assert np.array_equal(got.normalised().dense(), normalise_rows(want))  # what the fitted scorers' blend reads
+    full = SparseScores(np.repeat(np.arange(2), 3), np.tile(np.arange(3), 2), np.asarray([2, 3, 5, 4, 4, 4], np.float32), (2, 3))
+    assert np.array_equal(full.normalised().dense(), normalise_rows(full.dense()))  # rows without zeros: own minimum
 
 
 # ------------------------------------------------------------------------------ fixtures

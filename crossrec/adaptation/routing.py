@@ -180,28 +180,63 @@ def _sparse_t(m: torch.Tensor) -> torch.Tensor:
         return m.t().coalesce().to_sparse_csr()
 
 
-def knn_scores(by_user_t: torch.Tensor, by_item_t: torch.Tensor, rows: np.ndarray, cols: np.ndarray, n_users: int) -> np.ndarray:
+@dataclass
+class SparseScores:
+    """A (users, items) score matrix by its nonzero entries, CSR order (row-major, unique)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray  # float32
+    shape: tuple[int, int]
+
+    def dense(self) -> np.ndarray:
+        out = np.zeros(self.shape, np.float32)
+        out[self.rows, self.cols] = self.values
+        return out
+
+    def normalised(self) -> "SparseScores":
+        """``normalise_rows`` of the dense matrix, computed on the nonzero entries only.
+
+        Scores are >= 0, so a row with any zero has minimum 0 and its entries become v / max,
+        the implicit zeros stay 0 (a row with no zero uses its own minimum, as normalise_rows
+        does); same float32 arithmetic, so the same values.
+        """
+        if self.values.size == 0:
+            return self
+        starts = np.flatnonzero(np.r_[True, self.rows[1:] != self.rows[:-1]])
+        counts = np.diff(np.r_[starts, self.rows.size])
+        hi = np.maximum.reduceat(self.values, starts)
+        lo = np.where(counts == self.shape[1], np.minimum.reduceat(self.values, starts), np.float32(0))
+        span = hi - lo
+        lo_e, span_e = np.repeat(lo, counts), np.repeat(span, counts)
+        vals = np.where(span_e > 0, (self.values - lo_e) / np.where(span_e > 0, span_e, np.float32(1)), np.float32(0))
+        return SparseScores(self.rows, self.cols, vals.astype(np.float32), self.shape)
+
+
+def knn_scores(by_user_t: torch.Tensor, by_item_t: torch.Tensor, rows: np.ndarray, cols: np.ndarray, n_users: int) -> SparseScores:
     """``ItemKNN.scores`` for a batch given as (user row, history item) pairs, sparse throughout.
 
     ``ItemKNN.scores`` builds a dense (users, history items) matrix and multiplies the whole
     factors by it; a user's history touches a few training users, so here the history is a
     sparse matrix H and the scores are (H @ by_user.T) @ by_item.T: the work follows the
-    co-occurrences, not the catalogue size. Same cosine sums, float64 as there.
+    co-occurrences, not the catalogue size, and so does the result (its nonzero entries). Same
+    cosine sums, float64 as there, then float32 as there.
     """
     n_hist, n_target = by_user_t.shape[0], by_item_t.shape[1]
-    out = np.zeros((n_users, n_target), np.float32)
     if rows.size == 0:
-        return out
+        empty = np.zeros(0, np.int64)
+        return SparseScores(empty, empty, np.zeros(0, np.float32), (n_users, n_target))
     key = np.unique(rows.astype(np.int64) * n_hist + cols)
     idx = torch.from_numpy(np.stack([key // n_hist, key % n_hist]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         h = torch.sparse_coo_tensor(idx, torch.ones(key.size, dtype=torch.float64), (n_users, n_hist)).to_sparse_csr()
         s = (h @ by_user_t) @ by_item_t
-    # scatter the CSR result (cheaper than its to_dense(), which builds a float64 matrix first)
     crow = s.crow_indices().numpy()
-    out[np.repeat(np.arange(n_users), np.diff(crow)), s.col_indices().numpy()] = s.values().numpy()
-    return out
+    values = s.values().numpy().astype(np.float32)
+    keep = values != 0  # explicit zeros are implicit ones for the row minimum
+    r = np.repeat(np.arange(n_users), np.diff(crow))
+    return SparseScores(r[keep], s.col_indices().numpy()[keep], values[keep], (n_users, n_target))
 
 
 def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -276,9 +311,9 @@ class RoutedRecommender(Recommender):
             return REFERENCE, {}
         return choice.route, ({n: w for n, w in choice.blend_weights.items() if w} if choice.route == "blend" else {})
 
-    def _training_free(self, name: str, histories: Sequence[History]) -> np.ndarray:
-        """(users, trained target items) row-normalised scores of one training-free scorer
-        (popularity: the same for every user, so one row)."""
+    def _training_free(self, name: str, histories: Sequence[History]) -> np.ndarray | SparseScores:
+        """Row-normalised scores of one training-free scorer over the trained target items:
+        popularity is one row (the same for every user), co-occurrence scorers are sparse."""
         if name == "popularity":
             return self._pop
         want = TARGET if name == "item_knn" else SOURCE
@@ -291,19 +326,33 @@ class RoutedRecommender(Recommender):
                     rows.append(u)
                     cols.append(hit[1])
         by_user_t, by_item_t = self._knn_t[name]
-        return normalise_rows(knn_scores(by_user_t, by_item_t, np.asarray(rows, np.int64), np.asarray(cols, np.int64), len(histories)))
+        return knn_scores(by_user_t, by_item_t, np.asarray(rows, np.int64), np.asarray(cols, np.int64), len(histories)).normalised()
 
     def _route_scores(self, route: str, weights: dict[str, float], histories: Sequence[History], n_now: int) -> np.ndarray:
         """(users, n_now target items) float32 scores of ``route``; items added since training
         take the training-free scorers' lowest score (0 after normalisation)."""
-        out = torch.zeros(len(histories), n_now)
+        out: torch.Tensor | None = None
+        sparse: list[tuple[SparseScores, float]] = []
         for name, w in (weights if route == "blend" else {route: 1.0}).items():
             if name == REFERENCE:
                 m = normalise_rows(self.logits(histories))[:, :n_now]
             else:
-                m = self._training_free(name, histories)  # popularity: one row, broadcast
-            out[:, : m.shape[1]].add_(torch.from_numpy(m), alpha=w)
-        return out.numpy()
+                m = self._training_free(name, histories)
+            if isinstance(m, SparseScores):
+                sparse.append((m, w))  # added after the dense parts, entry by entry
+                continue
+            if out is None and w == 1.0 and name != "popularity" and m.shape == (len(histories), n_now) and m.flags.c_contiguous:
+                out = torch.from_numpy(m)  # a fresh array of this call (not the shared popularity row): no zeros + add
+                continue
+            if out is None:
+                out = torch.zeros(len(histories), n_now)
+            out[:, : m.shape[1]].add_(torch.from_numpy(m), alpha=w)  # popularity's one row broadcasts
+        if out is None:
+            out = torch.zeros(len(histories), n_now)
+        dense = out.numpy()
+        for m, w in sparse:
+            dense[m.rows, m.cols] += np.float32(w) * m.values  # (row, col) pairs are unique
+        return dense
 
     def _routed(self, histories: Sequence[History], k: int, excludes: Sequence[Iterable[str]] | None = None) -> list[RoutedItems]:
         with self._lock:
