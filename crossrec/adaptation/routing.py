@@ -303,7 +303,6 @@ class RoutedRecommender(Recommender):
         self.n_trained_targets = int(self._pop.shape[1])
         if self.n_trained_targets != len(self._target_rows) or self._knn["item_knn"].by_item.shape[0] != self.n_trained_targets:
             raise ValueError(f"{path}: the routing scorers cover {self.n_trained_targets} target items but the model has {len(self._target_rows)}")
-        self.routes_served: dict[str, int] = {}  # route -> lists scored through it (for logs and tests)
 
     def route_of_segment(self, segment: str) -> tuple[str, dict[str, float]]:
         choice = self.table.routes.get(segment)
@@ -378,7 +377,6 @@ class RoutedRecommender(Recommender):
             idx, val, keep = top_k_rows(scores, k)
             for r, i in enumerate(members):
                 out[i] = RoutedItems([(ids[j], float(v)) for j, v in zip(idx[r, : keep[r]], val[r, : keep[r]])], route)
-            self.routes_served[route] = self.routes_served.get(route, 0) + len(members)
         return out
 
     def score_history(self, history: History, k: int, exclude: Iterable[str] | None = None) -> list[tuple[str, float]]:
