@@ -21,7 +21,8 @@ with that model. Lists are stored ready to serve, with titles resolved from the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,7 @@ class PublishSummary:
     kept_newer: int = 0  # users whose history had events after the cut (batch list not applied)
     rescored: int = 0  # of those, re-scored with this model from their current Redis history
     items_kept: int = 0  # item hashes the stream updated after the catalogue snapshot
+    routes: dict[str, int] = field(default_factory=dict)  # batch lists per route of a routed model (empty: unrouted)
 
 
 def snapshot_time(path: Path) -> float:
@@ -114,12 +116,14 @@ def publish(
         users = list(histories)
         seeded = _seed_histories(writer, events, settings)
         merged = 0
+        routes: Counter[str] = Counter()
         kept: list[str] = []
         with Progress() as progress:
             task = progress.add_task("publishing top-K lists", total=len(users))
             for start in range(0, len(users), USER_BATCH):
                 chunk = {u: histories[u] for u in users[start : start + USER_BATCH]}
                 lists = _lists(recommender, chunk, settings.top_k)
+                routes.update(recs.route for _, recs in lists if recs.route is not None)
                 newer = writer.merge_many_recs(settings.target_domain, lists, cut)
                 kept += newer
                 merged += len(lists) - len(newer)
@@ -129,7 +133,7 @@ def publish(
     finally:
         writer.close()
     return PublishSummary(recommender.version, len(users), merged + rescored, seeded, items_written,
-                          {d: len(ids) for d, (ids, _) in popular.items()}, cut, len(kept), rescored, len(items_kept))
+                          {d: len(ids) for d, (ids, _) in popular.items()}, cut, len(kept), rescored, len(items_kept), dict(routes))
 
 
 def _lists(recommender: Recommender, histories: dict[str, list[tuple[str, str]]], k: int) -> list[tuple[str, RecList]]:

@@ -174,6 +174,7 @@ def test_publish_writes_each_users_list_through_its_route_and_the_api_shows_it(s
         assert _pairs(stored) == list(expected[user]), user
         seen_routes.add(stored.route)
     assert seen_routes == set(ROUTES.values())  # every segment is present and served by its own route
+    assert summary.routes == {r: sum(1 for h in histories.values() if _segment_route(h) == r) for r in seen_routes}
 
     with TestClient(create_app(settings)) as api:
         body = api.get("/recommendations/office/COLD1").json()
