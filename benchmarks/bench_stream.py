@@ -146,6 +146,7 @@ def stream_env(settings: Settings) -> dict[str, str]:
         "CROSSREC_KAFKA__ITEMS_TOPIC": kafka.items_topic, "CROSSREC_KAFKA__DEAD_LETTER_TOPIC": kafka.dead_letter_topic,
         "CROSSREC_KAFKA__CONSUMER_GROUP": kafka.consumer_group,
         "CROSSREC_STREAMING__PUSH_FEATURES": str(settings.streaming.push_features).lower(),
+        "CROSSREC_SERVING__ROUTING": str(settings.serving.routing).lower(),
     })
     return env
 
@@ -334,6 +335,7 @@ def main() -> None:
     parser.add_argument("--baseline-src", type=Path, help="a checkout of an older crossrec: its consumer's max rate too, same run")
     parser.add_argument("--only-max", action="store_true", help="skip the freshness phases")
     parser.add_argument("--no-push", action="store_true", help="consumers do not push user features to Feast")
+    parser.add_argument("--no-routing", action="store_true", help="consumers serve the plain model of a routed version")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from crossrec.services import services_down, services_up
@@ -351,6 +353,7 @@ def main() -> None:
         kafka={"bootstrap_servers": f"127.0.0.1:{args.kafka_port}", "partitions": 2},
         services={"run_dir": args.work / "run"},
         streaming={"push_features": not args.no_push},
+        serving={"routing": not args.no_routing},
     )
     services_up(base)
     out = args.work / "runs" / time.strftime("%Y%m%d-%H%M%S")
@@ -381,7 +384,7 @@ def main() -> None:
     load_after = os.getloadavg()
 
     title = (f"crossrec stream: {model_note} ({version}, {n_target:,} target items scored per user); "
-             f"{n_events:,} events; {push_note}; load average {load_before[0]:.2f} before / {load_after[0]:.2f} after")
+             f"{n_events:,} events; {push_note}; routing {'off' if args.no_routing else 'on'}; load average {load_before[0]:.2f} before / {load_after[0]:.2f} after")
     table = Table(title=title)
     for col in ("measure", "value", "note"):
         table.add_column(col)

@@ -24,7 +24,8 @@ with that model. Lists are stored ready to serve, with titles resolved from the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ import pandas as pd
 from rich.progress import Progress
 
 from crossrec.adaptation.inference import Recommender, load_current
-from crossrec.keys import HistoryEvent, KeySchema, RecList, user_id_problem
+from crossrec.keys import HistoryEvent, KeySchema, RecList, route_of, user_id_problem
 from crossrec.publish import ItemDisplay, RecWriter, make_rec_list
 from crossrec.recommend import recommend_many
 from crossrec.settings import Settings
@@ -55,6 +56,7 @@ class PublishSummary:
     rescored: int = 0  # of those, re-scored with this model from their current Redis history
     items_kept: int = 0  # item hashes the stream updated after the catalogue snapshot
     skipped_user_ids: int = 0  # users skipped: their id cannot be a hash tag (keys.user_id_problem)
+    routes: dict[str, int] = field(default_factory=dict)  # batch lists per route of a routed model (empty: unrouted)
 
 
 def snapshot_time(path: Path) -> float:
@@ -129,12 +131,14 @@ def publish(
         users = list(histories)
         seeded = _seed_histories(writer, events, settings)
         merged = 0
+        routes: Counter[str] = Counter()
         kept: list[str] = []
         with Progress() as progress:
             task = progress.add_task("publishing top-K lists", total=len(users))
             for start in range(0, len(users), USER_BATCH):
                 chunk = {u: histories[u] for u in users[start : start + USER_BATCH]}
                 lists = _lists(recommender, chunk, settings.top_k)
+                routes.update(recs.route for _, recs in lists if recs.route is not None)
                 newer = writer.merge_many_recs(settings.target_domain, lists, cut)
                 kept += newer
                 merged += len(lists) - len(newer)
@@ -145,14 +149,14 @@ def publish(
         writer.close()
     return PublishSummary(recommender.version, len(users), merged + rescored, seeded, items_written,
                           {d: len(ids) for d, (ids, _) in popular.items()}, cut, len(kept), rescored, len(items_kept),
-                          len(bad_users))
+                          len(bad_users), dict(routes))
 
 
 def _lists(recommender: Recommender, histories: dict[str, list[tuple[str, str]]], k: int) -> list[tuple[str, RecList]]:
     recs = recommend_many(recommender, histories, k)
     return [
         (user, make_rec_list([r.item_id for r in items], [r.score for r in items], recommender.version,
-                             because=[r.because for r in items]))
+                             because=[r.because for r in items], route=route_of(items)))
         for user, items in recs.items()
     ]
 

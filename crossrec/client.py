@@ -99,6 +99,7 @@ class Recommendations:
     source: str  # batch | stream | popular | none
     fallback: bool  # True when the user has no list yet and these are popular items
     read_at: float = field(default_factory=time.time)
+    route: str | None = None  # the routed model's route that produced the list; None: unrouted
 
     @property
     def age_s(self) -> float | None:
@@ -114,6 +115,7 @@ class Recommendations:
             "fallback": self.fallback,
             "source": self.source,
             "model_version": self.model_version,
+            "route": self.route,
             "current_model": self.current_model,
             "updated_at": self.updated_at,
             "age_s": None if self.age_s is None else round(self.age_s, 3),
@@ -169,6 +171,7 @@ class _Stored(msgspec.Struct):
     model_version: str
     updated_at: float
     items: list[msgspec.Raw]
+    route: str | None = None  # absent in lists of unrouted models and older writers
 
 
 class _Because(msgspec.Struct):
@@ -310,6 +313,7 @@ class ReadContract:
             source=stored.source if stored else "none",
             fallback=read.fallback,
             read_at=read.read_at,
+            route=stored.route if stored else None,
         )
 
     def _plan_get_body(self, user_id: str, domain: str, k: int) -> Generator[Cmd, Any, bytes]:
@@ -325,6 +329,7 @@ class ReadContract:
             "fallback": read.fallback,
             "source": stored.source if stored else "none",
             "model_version": stored.model_version if stored else None,
+            "route": stored.route if stored else None,
             "current_model": read.current_model,
             "updated_at": updated,
             "age_s": None if updated is None else round(max(0.0, read.read_at - updated), 3),

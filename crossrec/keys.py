@@ -28,6 +28,10 @@ list is stored *ready to serve*: each item with its rank, title, category, brand
 the API passes through. Titles are resolved when the list is written; a renamed item shows its new
 title in a list from that list's next write (the nightly publish or the user's next event).
 
+A list written from a routed model also names the route it took (``"route"``, see
+``RecList.to_json``); the key is absent in lists of unrouted models and of older writers, which
+read as ``route=None``, so the schema version stays 2.
+
 A recommendation list is one string written with a single ``SET``, so readers never see half a
 list: the replacement is atomic.
 
@@ -44,7 +48,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +93,24 @@ class RecItem:
     because: str | None = None  # the history item that explains this recommendation
 
 
+class RoutedItems(list):  # type: ignore[type-arg]
+    """A scorer's ranked ``RecItem``s for one user, with the route that produced them.
+
+    A plain ``list`` to every caller that only ranks and writes items (the consumer's ``Scorer``
+    protocol returns ``list[RecItem]``); ``route`` names the routed model's route (``model``,
+    ``item_knn``, ``source_cooc``, ``popularity``, ``blend``), or ``None`` for an unrouted model.
+    """
+
+    def __init__(self, items: Iterable[Any] = (), route: str | None = None) -> None:
+        super().__init__(items)
+        self.route = route
+
+
+def route_of(items: Sequence[Any]) -> str | None:
+    """The route a scorer's list took (``None`` for a plain list)."""
+    return getattr(items, "route", None)
+
+
 @dataclass(frozen=True)
 class RecList:
     """One user's (or a domain's popular) top-K: what scorers produce and writers store.
@@ -101,6 +123,7 @@ class RecList:
     model_version: str
     updated_at: float = field(default_factory=time.time)  # unix seconds
     source: str = "batch"  # batch | stream | popular
+    route: str | None = None  # the routed model's route for this user; None: no routing
 
     def to_json(
         self,
@@ -108,7 +131,9 @@ class RecList:
         display: Mapping[tuple[str, str], Row] | None = None,
         probe: Sequence[str] = (),
     ) -> str:
-        """The stored value: ``{"v","source","model_version","updated_at","items":[...]}``.
+        """The stored value: ``{"v","source","model_version","updated_at","items":[...]}``, plus
+        ``"route"`` when the list came from a routed model (lists without it, from unrouted models
+        and older writers, read as ``route=None``).
 
         Each item is ``{"rank","item_id","score","title","category","brand","because"}`` with
         ``because`` = ``{"item_id","title","domain","text"}`` or null. ``display`` maps
@@ -134,6 +159,8 @@ class RecList:
                               "category": category, "brand": brand, "because": because})
         payload = {"v": SCHEMA_VERSION, "source": self.source, "model_version": self.model_version,
                    "updated_at": self.updated_at, "items": out_items}
+        if self.route is not None:
+            payload["route"] = self.route
         return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
@@ -151,7 +178,7 @@ class RecList:
             because = item.get("because")
             items.append(RecItem(item["item_id"], float(item["score"]), because["item_id"] if because else None))
         return cls(items=items, model_version=data["model_version"], updated_at=float(data["updated_at"]),
-                   source=data.get("source", "batch"))
+                   source=data.get("source", "batch"), route=data.get("route"))
 
 
 @dataclass(frozen=True)

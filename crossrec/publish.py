@@ -84,6 +84,7 @@ def make_rec_list(
     because: Sequence[str | None] | None = None,
     source: str = "batch",
     updated_at: float | None = None,
+    route: str | None = None,
 ) -> RecList:
     """Build a ``RecList`` from parallel arrays (what a scorer produces), best score first.
 
@@ -98,7 +99,7 @@ def make_rec_list(
     order = sorted(range(len(item_ids)), key=lambda i: -float(scores[i]))
     items = [RecItem(item_id=str(item_ids[i]), score=float(scores[i]), because=reasons[i]) for i in order]
     extra: dict[str, Any] = {} if updated_at is None else {"updated_at": float(updated_at)}
-    return RecList(items=items, model_version=model_version, source=source, **extra)
+    return RecList(items=items, model_version=model_version, source=source, route=route, **extra)
 
 
 # -- Lua: each script touches the keys of one user (one hash slot) or one item -------------------

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from crossrec.adaptation.inference import History, Recommender
-from crossrec.keys import RecItem
+from crossrec.keys import RecItem, RoutedItems, route_of
 from crossrec.publish import explain, most_similar, unit_rows
 
 
@@ -34,8 +34,10 @@ def recommend(recommender: Recommender, history: History, k: int) -> list[RecIte
 
 
 def recommend_many(recommender: Recommender, histories: Mapping[str, History], k: int) -> dict[str, list[RecItem]]:
+    """Each user's explained list; a routed model's lists stay ``RoutedItems`` with their route."""
     tops = recommender.top_k_for_users(histories, k)
-    return explained_many(recommender, histories, tops)
+    lists = explained_many(recommender, histories, tops)
+    return {user: with_route(items, route_of(tops[user])) for user, items in lists.items()}
 
 
 def explained_many(
@@ -75,3 +77,7 @@ def explained_many(
             out[user] = [RecItem(item_id, score, None) for item_id, score in top]
         start += n
     return out
+
+
+def with_route(items: list[RecItem], route: str | None) -> list[RecItem]:
+    return items if route is None else RoutedItems(items, route)

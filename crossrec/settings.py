@@ -166,6 +166,9 @@ class ServingSettings(BaseModel):
     max_id_len: int = Field(default=128, ge=1)
     pointer_ttl_s: float = Field(default=1.0, ge=0)  # how stale `current_model` in a response may be
     redis_timeout_s: float = Field(default=0.5, gt=0)  # bounds how long a stuck Redis holds a request
+    # Publish and the consumer serve a version through its routing table when its artifact has one
+    # (`crossrec adapt` fits it); False serves the plain model (a switch back, and a baseline).
+    routing: bool = True
 
 
 class StreamingSettings(BaseModel):

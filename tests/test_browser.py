@@ -249,3 +249,21 @@ def test_deep_link_shows_features_and_which_model_and_source_wrote_the_list(
     WebDriverWait(browser, 60).until(lambda d: d.find_element("id", "features").get_attribute("data-state") == "ready")
     assert browser.find_element("id", "features-note").text == "No features stored for this user."
     assert browser.find_element("id", "recs-source").text == "popular"
+
+
+def test_the_page_shows_the_route_a_routed_model_took(browser, server: str, world: Fixture, services_settings: Settings) -> None:
+    from crossrec.publish import make_rec_list
+
+    writer = RecWriter.from_settings(services_settings)
+    try:
+        writer.write_recs("office", "ROUTED", make_rec_list(["o1", "o2"], [0.9, 0.4], MODEL, route="source_cooc"))
+    finally:
+        writer.close()
+    browser.get(f"{server}/?domain=office&user=ROUTED")
+    wait_state(browser, "ready")
+    assert browser.find_element("id", "recs-route-wrap").is_displayed()
+    assert browser.find_element("id", "recs-route").text == "source_cooc"
+    assert "route source_cooc" in browser.find_element("id", "recs-meta").text
+    browser.get(f"{server}/?domain=office&user={world.user}")  # a list without a route: none shown
+    wait_state(browser, "ready")
+    assert not browser.find_element("id", "recs-route-wrap").is_displayed()

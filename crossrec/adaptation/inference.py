@@ -3,12 +3,15 @@
 ``load_current(settings)`` returns a ``Recommender`` over the registry's current model. It scores a
 user from their raw mixed-domain history ``[(domain, item_id), ...]`` against every target-domain
 item with one matmul, masks what the user already has, and returns the top-K with R_ui = sigma(.)
-scores. ``add_item`` makes a brand-new item (text embedding, no interactions) scorable at once:
+scores. When the version's artifact carries a routing table, the loaders return the routed model
+(``crossrec.adaptation.routing.RoutedRecommender``, a ``Recommender`` whose lists say which
+route they took). ``add_item`` makes a brand-new item (text embedding, no interactions) scorable at once:
 its f_i comes from the adaptor alone, which is the point of a text-based item side.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain
@@ -24,6 +27,7 @@ from crossrec.evaluation import MISSED, rank_batch
 from crossrec.registry import RegistryError, registry_for
 
 History = Sequence[tuple[str, str]]
+log = logging.getLogger(__name__)
 
 
 class Recommender:
@@ -257,15 +261,30 @@ class Recommender:
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
+def load_model(settings, version: str, path: Path) -> Recommender:
+    """The serving model of a registered version: its routed model when the artifact has a
+    routing table (``routing/``, fitted by ``crossrec adapt``) and ``serving.routing`` is on,
+    else the plain model. Both answer the same calls; the routed one's lists carry their route."""
+    from crossrec.adaptation.routing import RoutedRecommender, has_routing
+
+    if settings.serving.routing and has_routing(path):
+        routed = RoutedRecommender(version, path)
+        log.info("model %s serves through its routing table: %s", version,
+                 ", ".join(f"{seg} -> {c.route}" for seg, c in routed.table.routes.items()))
+        return routed
+    return Recommender(version, path)
+
+
 def load_version(settings, version: str) -> Recommender:
     reg = registry_for(settings.work_dir)
-    return Recommender(version, reg.path(version))
+    return load_model(settings, version, reg.path(version))
 
 
 def load_current(settings) -> Recommender:
-    """The registry's current model; a clear error when nothing has been promoted yet."""
+    """The registry's current model (routed where it can be); a clear error when nothing has been
+    promoted yet."""
     reg = registry_for(settings.work_dir)
     version = reg.current()
     if version is None:
         raise RegistryError(f"no current model in {reg.root}; run `crossrec adapt` first")
-    return Recommender(version, reg.path(version))
+    return load_model(settings, version, reg.path(version))

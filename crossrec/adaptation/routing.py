@@ -23,17 +23,20 @@ constructed on selection users by hiding their target history), ``1-2``, ``3+``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from crossrec.adaptation.baselines import ItemKNN, Popularity
-from crossrec.adaptation.data import SOURCE, TARGET, AdaptData, Catalog, EvalSet
+from crossrec.adaptation.baselines import ItemKNN
+from crossrec.adaptation.data import SOURCE, TARGET, AdaptData, EvalSet
+from crossrec.adaptation.inference import History, Recommender
 from crossrec.adaptation.scorers import ROUTABLE, TrainingFreeScorers, blend, fit_blend, ndcg_objective, normalise_rows, rank_scores
 from crossrec.evaluation import paired_bootstrap, per_user
+from crossrec.keys import RoutedItems
 
 ROUTE_SEGMENTS = ("cold", "1-2", "3+")
 REFERENCE = "model"
@@ -170,88 +173,231 @@ def write_routing(out: Path, table: RoutingTable, scorers: TrainingFreeScorers) 
     _save_knn(out / "source_cooc.npz", scorers.cooc)
 
 
+def _sparse_t(m: torch.Tensor) -> torch.Tensor:
+    """The transpose of a stored co-occurrence factor, as CSR (the batched products multiply by it)."""
+    with warnings.catch_warnings():  # torch calls sparse CSR "beta"; these products are checked by tests
+        warnings.simplefilter("ignore", UserWarning)
+        return m.t().coalesce().to_sparse_csr()
+
+
 @dataclass
-class RoutedList:
-    items: list[str]
-    scores: list[float]
-    route: str
+class SparseScores:
+    """A (users, items) score matrix by its nonzero entries, CSR order (row-major, unique)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray  # float32
+    shape: tuple[int, int]
+
+    def dense(self) -> np.ndarray:
+        out = np.zeros(self.shape, np.float32)
+        out[self.rows, self.cols] = self.values
+        return out
+
+    def normalised(self) -> "SparseScores":
+        """``normalise_rows`` of the dense matrix, computed on the nonzero entries only.
+
+        Scores are >= 0, so a row with any zero has minimum 0 and its entries become v / max,
+        the implicit zeros stay 0 (a row with no zero uses its own minimum, as normalise_rows
+        does); same float32 arithmetic, so the same values.
+        """
+        if self.values.size == 0:
+            return self
+        starts = np.flatnonzero(np.r_[True, self.rows[1:] != self.rows[:-1]])
+        counts = np.diff(np.r_[starts, self.rows.size])
+        hi = np.maximum.reduceat(self.values, starts)
+        lo = np.where(counts == self.shape[1], np.minimum.reduceat(self.values, starts), np.float32(0))
+        span = hi - lo
+        lo_e, span_e = np.repeat(lo, counts), np.repeat(span, counts)
+        vals = np.where(span_e > 0, (self.values - lo_e) / np.where(span_e > 0, span_e, np.float32(1)), np.float32(0))
+        return SparseScores(self.rows, self.cols, vals.astype(np.float32), self.shape)
 
 
-class RoutedRecommender:
-    """Serves a registered artifact through its routing table.
+def knn_scores(by_user_t: torch.Tensor, by_item_t: torch.Tensor, rows: np.ndarray, cols: np.ndarray, n_users: int) -> SparseScores:
+    """``ItemKNN.scores`` for a batch given as (user row, history item) pairs, sparse throughout.
 
-    ``top_k_for_users(histories, k)`` -> ``{user: RoutedList(items, scores, route)}``: each user's
-    segment (target events in their history) picks the route; the list says which route it took.
-    Scores are the route's row-normalised scores (0-1 within a user), not probabilities.
+    ``ItemKNN.scores`` builds a dense (users, history items) matrix and multiplies the whole
+    factors by it; a user's history touches a few training users, so here the history is a
+    sparse matrix H and the scores are (H @ by_user.T) @ by_item.T: the work follows the
+    co-occurrences, not the catalogue size, and so does the result (its nonzero entries). Same
+    cosine sums, float64 as there, then float32 as there.
+    """
+    n_hist, n_target = by_user_t.shape[0], by_item_t.shape[1]
+    if rows.size == 0:
+        empty = np.zeros(0, np.int64)
+        return SparseScores(empty, empty, np.zeros(0, np.float32), (n_users, n_target))
+    key = np.unique(rows.astype(np.int64) * n_hist + cols)
+    idx = torch.from_numpy(np.stack([key // n_hist, key % n_hist]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        h = torch.sparse_coo_tensor(idx, torch.ones(key.size, dtype=torch.float64), (n_users, n_hist)).to_sparse_csr()
+        s = (h @ by_user_t) @ by_item_t
+    crow = s.crow_indices().numpy()
+    values = s.values().numpy().astype(np.float32)
+    keep = values != 0  # explicit zeros are implicit ones for the row minimum
+    r = np.repeat(np.arange(n_users), np.diff(crow))
+    return SparseScores(r[keep], s.col_indices().numpy()[keep], values[keep], (n_users, n_target))
+
+
+def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's ``k`` best columns, best first, equal scores to the lower column; -inf = masked.
+
+    Returns (columns, scores, how many of the row's ``k`` are unmasked). One ``torch.topk`` for
+    the threshold, then exact selection: routes score many ties (popularity, an empty
+    co-occurrence row), where ``topk`` alone picks among tied columns arbitrarily. Only rows with
+    more tied columns at the threshold than places left pay for the cumulative count.
+    """
+    n, m = scores.shape
+    kk = min(k, m)
+    if n == 0 or kk <= 0:
+        return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32), np.zeros(n, np.int64)
+    t = torch.from_numpy(scores)
+    # One extra place shows whether the k-th score ties with a column left out: only such rows
+    # need the exact (lowest columns first) choice among the tied columns.
+    top = torch.topk(t, min(kk + 1, m), dim=1)
+    idx, val = top.indices[:, :kk].numpy().copy(), top.values[:, :kk].numpy().copy()
+    if kk < m:
+        crowded = np.flatnonzero(top.values[:, kk].numpy() == val[:, kk - 1])
+        if crowded.size:
+            sub = t[torch.from_numpy(crowded)]
+            thr = torch.from_numpy(val[crowded, kk - 1 :])
+            gt, eq = sub > thr, sub == thr
+            need = kk - torch.from_numpy((val[crowded] > val[crowded, kk - 1 :]).sum(1, keepdims=True))
+            sel = gt | (eq & (eq.cumsum(1, dtype=torch.int32) <= need))
+            r, c = sel.nonzero(as_tuple=True)  # row-major: exactly kk per row
+            idx[crowded] = c.view(-1, kk).numpy()
+            val[crowded] = sub[r, c].view(-1, kk).numpy()
+    order = np.lexsort((idx, -val), axis=-1)
+    idx, val = np.take_along_axis(idx, order, 1), np.take_along_axis(val, order, 1)
+    return idx, val, np.isfinite(val).sum(1)
+
+
+class RoutedRecommender(Recommender):
+    """A registered artifact served through its routing table: a ``Recommender`` in every other way.
+
+    ``top_k_for_users(histories, k)`` -> ``{user: RoutedItems([(item_id, score), ...], route)}``:
+    each user's segment (target-domain events in their history) picks the route stored for it,
+    and the list says which route it took. Scores are the route's row-normalised scores (0-1
+    within a user; a blend's weighted sum of them), not probabilities. Adding an item
+    (``add_item``, e.g. a streamed catalogue item) makes it scorable by the model and by every
+    blend with the model in it; the training-free scorers have no counts for it and give it
+    their lowest score. ``ranks`` (the gate's re-scoring) stays the plain model's.
     """
 
     def __init__(self, version: str, path: Path) -> None:
-        from crossrec.adaptation.inference import Recommender
-
-        self.rec = Recommender(version, path)
-        self.version = version
+        super().__init__(version, path)
         rdir = Path(path) / "routing"
         if not (rdir / "routing.json").is_file():
             raise FileNotFoundError(f"{path} has no routing table (routing/routing.json); it was registered before routing existed")
         self.table = RoutingTable.from_dict(json.loads((rdir / "routing.json").read_text()))
         import pandas as pd
 
-        items = pd.read_parquet(Path(path) / "items.parquet")
+        items = pd.read_parquet(Path(path) / "items.parquet", columns=["domain_code"])
         dom = items["domain_code"].to_numpy().astype(np.int8)
-        keys = list(zip(items["domain"], items["item_id"]))
-        src = np.flatnonzero(dom == SOURCE)
-        tgt = np.flatnonzero(dom == TARGET)
-        cat = Catalog(keys, dom, np.zeros((len(keys), 1), np.float32), int(src[0]) if src.size else 1, int(tgt[0]))
-        cat.index = {k: i for i, k in enumerate(keys) if i > 0}
-        data = AdaptData(cat, {}, {"train": [], "valid": [], "test": []}, self.rec.source_domain, self.rec.target_domain, "", "")
-        pop = Popularity(counts=np.load(rdir / "popularity.npy"))
-        self.scorers = TrainingFreeScorers(data, pop, _load_knn(rdir / "item_knn.npz"), _load_knn(rdir / "source_cooc.npz"))
-        self._cat = cat
+        offsets = {d: int(np.flatnonzero(dom == d)[0]) if (dom == d).any() else 0 for d in (SOURCE, TARGET)}
+        # (domain, item_id) -> (domain code, index local to that domain), as the scorers were fitted
+        self._local = {key: (int(dom[g]), g - offsets[int(dom[g])]) for key, g in self._index.items() if g < len(dom) and dom[g] in (SOURCE, TARGET)}
+        self._pop = normalise_rows(np.load(rdir / "popularity.npy").astype(np.float32)[None, :])
+        self._knn = {name: _load_knn(rdir / f"{name}.npz") for name in ("item_knn", "source_cooc")}
+        self._knn_t = {name: (_sparse_t(m.by_user), _sparse_t(m.by_item)) for name, m in self._knn.items()}
+        self.n_trained_targets = int(self._pop.shape[1])
+        if self.n_trained_targets != len(self._target_rows) or self._knn["item_knn"].by_item.shape[0] != self.n_trained_targets:
+            raise ValueError(f"{path}: the routing scorers cover {self.n_trained_targets} target items but the model has {len(self._target_rows)}")
 
-    def _global(self, history: Sequence[tuple[str, str]]) -> np.ndarray:
-        idx = [self._cat.index.get((d, i), 0) for d, i in history]
-        return np.asarray([g for g in idx if g > 0], np.int64)
+    def route_of_segment(self, segment: str) -> tuple[str, dict[str, float]]:
+        choice = self.table.routes.get(segment)
+        if choice is None:
+            return REFERENCE, {}
+        return choice.route, ({n: w for n, w in choice.blend_weights.items() if w} if choice.route == "blend" else {})
 
-    def _route_scores(self, route: str, histories: Sequence[Sequence[tuple[str, str]]], weights: dict[str, float]) -> np.ndarray:
-        n_now = len(self.rec.target_items)  # items added since training score 0 from the scorers
-        need = set(weights) if route == "blend" else {route}
-        comps: dict[str, np.ndarray] = {}
-        g = [self._global(h) for h in histories]
-        for name in need:
+    def _training_free(self, name: str, histories: Sequence[History]) -> np.ndarray | SparseScores:
+        """Row-normalised scores of one training-free scorer over the trained target items:
+        popularity is one row (the same for every user), co-occurrence scorers are sparse."""
+        if name == "popularity":
+            return self._pop
+        want = TARGET if name == "item_knn" else SOURCE
+        rows: list[int] = []
+        cols: list[int] = []
+        for u, h in enumerate(histories):
+            for key in h:
+                hit = self._local.get(key)
+                if hit is not None and hit[0] == want:
+                    rows.append(u)
+                    cols.append(hit[1])
+        by_user_t, by_item_t = self._knn_t[name]
+        return knn_scores(by_user_t, by_item_t, np.asarray(rows, np.int64), np.asarray(cols, np.int64), len(histories)).normalised()
+
+    def _route_scores(self, route: str, weights: dict[str, float], histories: Sequence[History], n_now: int) -> np.ndarray:
+        """(users, n_now target items) float32 scores of ``route``; items added since training
+        take the training-free scorers' lowest score (0 after normalisation)."""
+        out: torch.Tensor | None = None
+        sparse: list[tuple[SparseScores, float]] = []
+        for name, w in (weights if route == "blend" else {route: 1.0}).items():
             if name == REFERENCE:
-                m = self.rec.logits(histories)
+                m = normalise_rows(self.logits(histories))[:, :n_now]
             else:
-                m = self.scorers.score(name, g)
-                if m.shape[1] < n_now:
-                    m = np.pad(m, ((0, 0), (0, n_now - m.shape[1])))
-            comps[name] = normalise_rows(m)
-        return blend(comps, {n: w for n, w in weights.items() if n in comps}) if route == "blend" else comps[route]
+                m = self._training_free(name, histories)
+            if isinstance(m, SparseScores):
+                sparse.append((m, w))  # added after the dense parts, entry by entry
+                continue
+            if out is None and w == 1.0 and name != "popularity" and m.shape == (len(histories), n_now) and m.flags.c_contiguous:
+                out = torch.from_numpy(m)  # a fresh array of this call (not the shared popularity row): no zeros + add
+                continue
+            if out is None:
+                out = torch.zeros(len(histories), n_now)
+            out[:, : m.shape[1]].add_(torch.from_numpy(m), alpha=w)  # popularity's one row broadcasts
+        if out is None:
+            out = torch.zeros(len(histories), n_now)
+        dense = out.numpy()
+        for m, w in sparse:
+            dense[m.rows, m.cols] += np.float32(w) * m.values  # (row, col) pairs are unique
+        return dense
 
-    def top_k_for_users(self, histories: Mapping[str, Sequence[tuple[str, str]]], k: int) -> dict[str, RoutedList]:
-        users = list(histories)
-        by_route: dict[str, list[str]] = {}
-        seg_of: dict[str, str] = {}
-        for u in users:
-            n_t = sum(1 for d, _ in histories[u] if d == self.rec.target_domain)
-            seg = str(segment_of(n_t))
-            seg_of[u] = seg
-            by_route.setdefault(seg, []).append(u)
-        out: dict[str, RoutedList] = {}
-        for seg, us in by_route.items():
-            choice = self.table.routes.get(seg)
-            route = choice.route if choice is not None else REFERENCE
-            weights = choice.blend_weights if choice is not None else {}
-            hs = [histories[u] for u in us]
-            scores = self._route_scores(route, hs, weights)
-            masks = self.rec._masks(hs, None)
-            ids = self.rec.target_items
-            for u, s, m in zip(us, scores, masks):
-                s = s.astype(np.float64).copy()
-                s[m] = -np.inf
-                kk = min(k, int(np.isfinite(s).sum()))
-                top = np.argsort(-s, kind="stable")[:kk]
-                out[u] = RoutedList([ids[j] for j in top], [float(s[j]) for j in top], route)
+    def _routed(self, histories: Sequence[History], k: int, excludes: Sequence[Iterable[str]] | None = None) -> list[RoutedItems]:
+        with self._lock:
+            ids, pos = list(self._target_ids), dict(self._target_pos)
+        n_now = len(ids)
+        segs = segment_of(np.asarray([sum(1 for d, _ in h if d == self.target_domain) for h in histories], np.int64))
+        out: list[RoutedItems] = [RoutedItems()] * len(histories)
+        for seg in np.unique(segs):
+            members = np.flatnonzero(segs == seg)
+            route, weights = self.route_of_segment(str(seg))
+            hs = [histories[i] for i in members]
+            scores = self._route_scores(route, weights, hs, n_now)
+            mr: list[int] = []
+            mc: list[int] = []
+            for r, i in enumerate(members):
+                seen = {iid for d, iid in histories[i] if d == self.target_domain}
+                if excludes is not None:
+                    seen |= set(excludes[i])
+                cols = [pos[x] for x in seen if x in pos]
+                mr += [r] * len(cols)
+                mc += cols
+            scores[mr, mc] = -np.inf
+            idx, val, keep = top_k_rows(scores, k)
+            for r, i in enumerate(members):
+                out[i] = RoutedItems([(ids[j], float(v)) for j, v in zip(idx[r, : keep[r]], val[r, : keep[r]])], route)
         return out
+
+    def score_history(self, history: History, k: int, exclude: Iterable[str] | None = None) -> list[tuple[str, float]]:
+        """Top-k target items for one history through its segment's route (a ``RoutedItems``)."""
+        return self._routed([history], k, [exclude or ()])[0]
+
+    def top_k_for_users(self, histories: Mapping[str, History], k: int, batch_size: int = 512) -> dict[str, list[tuple[str, float]]]:
+        """{user: RoutedItems([(item_id, score), ...], route)}, best first, target history masked;
+        users are scored in chunks of ``batch_size``, each segment of a chunk in one batch."""
+        users = list(histories)
+        out: dict[str, list[tuple[str, float]]] = {}
+        for s in range(0, len(users), batch_size):
+            chunk = users[s : s + batch_size]
+            out.update(zip(chunk, self._routed([histories[u] for u in chunk], k)))
+        return out
+
+
+def has_routing(path: Path) -> bool:
+    """Whether a registered artifact carries a routing table (artifacts registered before
+    routing existed, or fitted with ``--no-routing``, do not)."""
+    return (Path(path) / "routing" / "routing.json").is_file()
 
 
 def load_routed(version: str, path: Path) -> RoutedRecommender:

@@ -56,7 +56,7 @@ import numpy as np
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from crossrec.features.push import FeaturePusher, parse_histories
-from crossrec.keys import HistoryEvent, KeySchema, RecItem, RecList
+from crossrec.keys import HistoryEvent, KeySchema, RecItem, RecList, route_of
 from crossrec.publish import ItemDisplay, RecWriter
 from crossrec.settings import Settings
 from crossrec.streaming.catalog import queue_item_vectors
@@ -554,7 +554,7 @@ class RecsConsumer:
         domain = self.settings.target_domain
         version = self.scorer.version
         users = list(lists)
-        bodies = self.writer.serve_many(domain, [RecList(items=lists[u], model_version=version, source="stream") for u in users])
+        bodies = self.writer.serve_many(domain, [RecList(items=lists[u], model_version=version, source="stream", route=route_of(lists[u])) for u in users])
         for user, body in zip(users, bodies):
             pipe.set(self.schema.recs(domain, user), body)
         pipe.execute()

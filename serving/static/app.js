@@ -88,12 +88,16 @@ function renderRecs(data) {
   $("fallback").hidden = !data.fallback;
   $("recs-empty").hidden = data.items.length > 0;
   const model = data.model_version ? `model ${data.model_version}` : "no model";
-  $("recs-meta").textContent = `${model} · ${data.source} · updated ${fmtAge(data.age_s)}`;
+  const route = data.route ? ` · route ${data.route}` : "";
+  $("recs-meta").textContent = `${model}${route} · ${data.source} · updated ${fmtAge(data.age_s)}`;
   // Which writer produced this list (batch publish, stream consumer or the popular fallback) and
   // with which model, beside the model serving now: after a rollback the two may differ.
   $("recs-source").textContent = data.source;
   $("recs-model").textContent = data.model_version || "none";
   $("recs-current").textContent = data.current_model || "none";
+  // The routed model's route for this user (by their segment); lists of unrouted models have none.
+  $("recs-route").textContent = data.route || "";
+  $("recs-route-wrap").hidden = !data.route;
   $("recs-model").classList.toggle("stale", Boolean(data.model_version && data.current_model && data.model_version !== data.current_model));
   $("recs-origin").hidden = false;
 }
