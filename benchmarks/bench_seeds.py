@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,10 @@ from crossrec.adaptation.trainer import TrainConfig  # noqa: E402
 from crossrec.evaluation import ITEM_SEGMENTS, USER_SEGMENTS  # noqa: E402
 
 console = Console(width=160)
-SIGNALS = ("text_last_target", "text_last_any", "text_source", "source_cooc", "item_knn", "popularity")
+# What a new-domain (zero-shot) model is held against: training-free scorers of the same histories
+# through text or the source domain (as check_language in the pipeline); item-KNN / popularity need
+# target interactions, which a new domain does not have.
+SIGNALS = ("text_last_target", "text_last_any", "text_source", "source_cooc")
 
 
 def _mean_sd(vals: list[float]) -> dict:
@@ -242,7 +246,8 @@ def run_one(args: argparse.Namespace, seed: int, label: str, overrides: dict) ->
         promote=False, model=model, train=train, threads=args.threads, on_partial=lambda r: keep(dict(r), "before fraction curve"),
     )
     t0 = time.perf_counter()
-    keep(run_adapt(opts, say=lambda s: console.log(f"[{label}seed {seed}] {s}")), "done")
+    tag = escape(f"[{label}seed {seed}]")  # rich would take "[seed 42]" for markup and drop it
+    keep(run_adapt(opts, say=lambda s: console.log(f"{tag} {escape(s)}")), "done")
 
 
 def run_defaults(args: argparse.Namespace, seed: int) -> None:
@@ -252,7 +257,7 @@ def run_defaults(args: argparse.Namespace, seed: int) -> None:
 
     data = load_adapt_data(args.input, args.encoder, args.source, args.target, args.split if args.split and Path(args.split).is_file() else None)
     mcfg = ModelConfig(in_dim=int(data.catalog.embeddings.shape[1]), dim=args.dim, max_len=args.max_len)
-    rows = decide_defaults(data, mcfg, args.max_epochs, seed, args.device, log=lambda s: console.log(f"[defaults] {s}"))
+    rows = decide_defaults(data, mcfg, args.max_epochs, seed, args.device, log=lambda s: console.log(escape(f"[defaults] {s}")))
     _write(Path(args.output) / "defaults.json", json.dumps(rows, indent=1, default=float))
 
 

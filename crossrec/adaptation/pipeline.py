@@ -279,7 +279,7 @@ def run_fraction_curve(
             if frac >= 1.0 and "routed" in full["test"]:
                 curve["routed"][str(frac)] = {k: v["values"][0] for k, v in full["test"]["routed"].items() if k != "n_users"}
             elif routed_strategy in trained_here:
-                _, _, r = build_routing(data, opts, trained_here[routed_strategy], cache, lambda s: None, fraction=frac)
+                _, _, r = build_routing(data, opts, trained_here[routed_strategy], cache, lambda s: say(f"[fraction {frac:g}] {s}"), fraction=frac)
                 curve["routed"][str(frac)] = r["test"]
                 say(f"[fraction {frac:g}] routed ({routed_strategy}): test NDCG@10={r['test']['NDCG@10']:.4f}")
     return curve

@@ -137,7 +137,7 @@ def _batch_loss(
     ranges = [_candidates(data, lab, d, n_neg, gen).to(dev) for d in sorted(predict)]
     needed = torch.unique(torch.cat([tok[tok > 0], lab[lab > 0]] + ranges))
     lookup = torch.zeros(cat.n_items, dtype=torch.int64, device=dev)
-    lookup[needed] = torch.arange(len(needed))
+    lookup[needed] = torch.arange(len(needed), device=dev)
     vecs = model.item_vecs(needed)
     tok_vecs = vecs[lookup[tok]]
     h = model.user_states(tok_vecs, _token_domains(data, tok), lengths)
