@@ -381,3 +381,74 @@ def test_cli_sasrec_grid_is_parsed_and_bad_json_is_a_clear_error(work: Path, tmp
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [t["params"] for t in res["hyper_parameter_search"]["sasrec"]["tried"]] == [{"lr": 0.002}, {"lr": 0.01, "n_heads": 1}]
     assert res["run"]["train"]["selection_users"] == 8 and "diagnose" not in res
+
+
+def test_device_setting_is_validated_and_the_cpu_path_is_unchanged(data) -> None:
+    from crossrec.adaptation.trainer import resolve_device
+
+    with pytest.raises(ValueError, match="unknown device"):
+        TrainConfig(device="tpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    ranks = {}
+    for dev in ("cpu", "auto"):
+        ctx = _ctx(data)
+        ctx.train_cfg.device = dev
+        trained = STRATEGIES["target_only"](ctx)
+        assert next(trained.model.parameters()).device == resolve_device(dev)
+        ranks[dev] = trained.ranks(data, ctx.eval_set("test", trained.view))
+    if not torch.cuda.is_available():  # 'auto' on a CPU machine is exactly the CPU run
+        assert np.array_equal(ranks["cpu"], ranks["auto"])
+
+
+def test_bare_work_dir_loads_where_feast_is_not_installed(work: Path) -> None:
+    """A work dir without features/ must not import Feast (a GPU box for bench_seeds has none)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('feast', 'pydantic', 'pydantic_settings'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from crossrec.adaptation.data import load_adapt_data\n"
+        f"d = load_adapt_data({str(work)!r}, split_path={str(work / 'users_split.json')!r})\n"
+        "print(d.feature_source, len(d.users))\n"
+    )
+    assert not (work / "features").exists()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "parquet"
+
+
+def test_partial_results_come_before_the_fraction_curve_and_bench_summary_averages_seeds(work: Path, tmp_path: Path) -> None:
+    from benchmarks.bench_seeds import summarise, write_summary
+
+    partial: list[dict] = []
+    opts = AdaptOptions(
+        input_dir=work, output_dir=tmp_path / "out", strategies=["target_only", "popularity", "item_knn", "sasrec", "zero_shot"], seeds=[0],
+        fractions=[0.5], fraction_strategies=["target_only", "popularity", "routed"], split_path=work / "users_split.json",
+        registry_dir=tmp_path / "registry", promote=False, model=ModelConfig(dim=16, max_len=12),
+        train=TrainConfig(max_epochs=2, pretrain_epochs=1, patience=1, sasrec_grid=[{"lr": 1e-3}]), on_partial=partial.append,
+    )
+    res = run_adapt(opts, say=lambda s: None)
+    assert len(partial) == 1 and "routed" in partial[0]["test"] and "fractions" not in partial[0]
+    assert "0.5" in res["fractions"]["routed"] and "0.5" in res["fractions"]["popularity"]
+    # two "seeds": the same run with target_only shifted by +0.01 on the second
+    out = tmp_path / "seeds"
+    out.mkdir()
+    second = json.loads(json.dumps(res, default=float))
+    second["test"]["target_only"]["NDCG@10"]["mean"] += 0.01
+    (out / "seed1.json").write_text(json.dumps(res, default=float))
+    (out / "seed2.json").write_text(json.dumps(second))
+    s = write_summary(out)["main"]
+    base = res["test"]["target_only"]["NDCG@10"]["mean"]
+    assert s["seeds"] == [1, 2]
+    assert s["test"]["target_only"]["NDCG@10"]["mean"] == pytest.approx(base + 0.005)
+    assert s["test"]["target_only"]["NDCG@10"]["sd"] == pytest.approx(0.01 / np.sqrt(2))
+    assert s["test"]["popularity"]["NDCG@10"]["sd"] == pytest.approx(0.0)
+    assert s["verdicts"]["text_vs_sasrec"]["values"][1] > s["verdicts"]["text_vs_sasrec"]["values"][0]
+    assert "| target_only |" in (out / "summary.md").read_text()
+    (out / "seed2.json").unlink()  # a seed cut off by a time limit: the summary covers the others
+    assert summarise(out)["main"]["seeds"] == [1]

@@ -125,7 +125,13 @@ class AdaptData:
 
 
 def _feature_store(work_dir: Path, encoder: str):  # type: ignore[no-untyped-def]
-    """Feast's store for this work dir when its training tables exist, else None."""
+    """Feast's store for this work dir when its training tables exist, else None.
+
+    A work dir without ``features/`` (a bare data set) never imports Feast: the parquet path then
+    runs where Feast is not installed at all (e.g. a GPU machine for benchmarks/bench_seeds.py).
+    """
+    if not (Path(work_dir) / "features").is_dir():
+        return None
     from crossrec.features.store import apply, definitions_module
 
     defs = definitions_module()

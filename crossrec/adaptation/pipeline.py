@@ -52,6 +52,9 @@ class AdaptOptions:
     train: TrainConfig = field(default_factory=TrainConfig)
     threads: int = 2
     run_key: str | None = None  # e.g. "nightly-2026-01-01": recorded in the manifest (one model per key)
+    # Called with the results so far once the main comparison, routing and diagnosis are done (before
+    # the fraction curve): a caller under a time limit keeps them even if the curve is cut off.
+    on_partial: Callable[[dict], None] | None = None
 
 
 def _peak_rss_mb() -> float:
@@ -276,7 +279,7 @@ def run_fraction_curve(
             if frac >= 1.0 and "routed" in full["test"]:
                 curve["routed"][str(frac)] = {k: v["values"][0] for k, v in full["test"]["routed"].items() if k != "n_users"}
             elif routed_strategy in trained_here:
-                _, _, r = build_routing(data, opts, trained_here[routed_strategy], cache, lambda s: None, fraction=frac)
+                _, _, r = build_routing(data, opts, trained_here[routed_strategy], cache, lambda s: say(f"[fraction {frac:g}] {s}"), fraction=frac)
                 curve["routed"][str(frac)] = r["test"]
                 say(f"[fraction {frac:g}] routed ({routed_strategy}): test NDCG@10={r['test']['NDCG@10']:.4f}")
     return curve
@@ -438,6 +441,8 @@ def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep:
     }
 
     def write(tmp: Path) -> None:
+        if trained.model is not None:
+            trained.model.cpu()  # artifacts are read on CPU (serving); training may have run on cuda
         write_artifact(tmp, trained.model, data, cand_name, trained.view, extra={"seed": opts.seeds[0], "routed": routing is not None and routing[0].strategy == cand_name})  # type: ignore[arg-type]
         if routing is not None and routing[0].strategy == cand_name:
             from crossrec.adaptation.routing import write_routing
@@ -516,6 +521,8 @@ def run_adapt(opts: AdaptOptions, say: Callable[[str], None] = print) -> dict:
             results["diagnose"] = diagnose_data(data, opts.train.selection_users or 2000, say)
         except ValueError as exc:
             results["diagnose"] = {"skipped": str(exc)}
+    if opts.on_partial is not None:
+        opts.on_partial({k: v for k, v in results.items() if k != "_select_per_user"})
     frac_names = []
     for n in opts.fraction_strategies:
         n = best if n == "best" else n

@@ -19,7 +19,7 @@ from crossrec.adaptation.baselines import ItemKNN, Popularity, sasrec_model
 from crossrec.adaptation.data import SOURCE, TARGET, AdaptData, EvalSet, UserSeq, make_eval_set, make_eval_set_at, selection_positions, truncate_at, SPLIT_CODES
 from crossrec.adaptation.model import CrossDomainModel, ModelConfig
 from crossrec.evaluation import compute_metrics
-from crossrec.adaptation.trainer import EpochLog, Phase, TrainConfig, ndcg10, score_eval_set, train_phase
+from crossrec.adaptation.trainer import EpochLog, Phase, TrainConfig, ndcg10, resolve_device, score_eval_set, train_phase
 
 
 @dataclass
@@ -128,7 +128,7 @@ class RunContext:
         model = CrossDomainModel(cfg, torch.from_numpy(cat.embeddings))
         lo = cat.target_offset if whiten_on == "target" else 1
         model.items.adaptor.init_whitening(torch.from_numpy(cat.embeddings[lo:]))
-        return model
+        return model.to(resolve_device(self.train_cfg.device))
 
 
 STRATEGIES: dict[str, Callable[[RunContext], Trained]] = {}

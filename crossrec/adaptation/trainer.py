@@ -50,10 +50,26 @@ class TrainConfig:
     # The SASRec baseline's own hyper-parameters: each entry overrides ModelConfig/TrainConfig fields;
     # the entry with the best selection-set NDCG@10 is kept (early stopping on validation as usual).
     sasrec_grid: list[dict] = field(default_factory=lambda: [{"lr": 1e-3, "dropout": 0.5}, {"lr": 3e-3, "dropout": 0.2}])
+    # Where training runs: "cpu" (default, the path every test and the nightly take), "cuda", or
+    # "auto" (cuda when torch sees one). Evaluation follows the model's device.
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.transfer_view not in ("target", "mixed"):
             raise ValueError(f"unknown transfer view {self.transfer_view!r} (target | mixed)")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise ValueError(f"unknown device {self.device!r} (cpu | cuda | cuda:N | auto)")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 @dataclass
@@ -86,7 +102,7 @@ class PhaseResult:
 
 
 def _token_domains(data: AdaptData, tok: torch.Tensor) -> torch.Tensor:
-    dom = torch.as_tensor(data.catalog.domain, dtype=torch.int64)[tok]
+    dom = torch.as_tensor(data.catalog.domain, dtype=torch.int64, device=tok.device)[tok]
     dom[:, 0] = BOS_DOMAIN_ID
     return dom.clamp(min=0)
 
@@ -116,15 +132,16 @@ def _batch_loss(
 ) -> torch.Tensor:
     cat = data.catalog
     tok_np, lab_np, len_np = pad_batch(examples)
-    tok, lab, lengths = torch.from_numpy(tok_np), torch.from_numpy(lab_np), torch.from_numpy(len_np)
-    ranges = [_candidates(data, lab, d, n_neg, gen) for d in sorted(predict)]
+    dev = _model_device(model)
+    tok, lab, lengths = torch.from_numpy(tok_np).to(dev), torch.from_numpy(lab_np).to(dev), torch.from_numpy(len_np).to(dev)
+    ranges = [_candidates(data, lab, d, n_neg, gen).to(dev) for d in sorted(predict)]
     needed = torch.unique(torch.cat([tok[tok > 0], lab[lab > 0]] + ranges))
-    lookup = torch.zeros(cat.n_items, dtype=torch.int64)
-    lookup[needed] = torch.arange(len(needed))
+    lookup = torch.zeros(cat.n_items, dtype=torch.int64, device=dev)
+    lookup[needed] = torch.arange(len(needed), device=dev)
     vecs = model.item_vecs(needed)
     tok_vecs = vecs[lookup[tok]]
     h = model.user_states(tok_vecs, _token_domains(data, tok), lengths)
-    dom_of_lab = torch.as_tensor(cat.domain, dtype=torch.int64)[lab]
+    dom_of_lab = torch.as_tensor(cat.domain, dtype=torch.int64, device=dev)[lab]
     losses, count = [], 0
     for d, rng in zip(sorted(predict), ranges):
         sel = (lab > 0) & (dom_of_lab == d)
@@ -139,7 +156,7 @@ def _batch_loss(
             neg = q @ vecs[lookup[rng]].T
             neg = neg.masked_fill(rng[None, :] == lab[sel][:, None], float("-inf"))  # accidental hits
             logits = torch.cat([pos, neg], dim=1) + model.b
-            losses.append(F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.int64), reduction="sum"))
+            losses.append(F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.int64, device=dev), reduction="sum"))
         count += int(sel.sum())
     return torch.stack(losses).sum() / max(count, 1)
 
@@ -148,8 +165,9 @@ def _adversarial_loss(model: CrossDomainModel, disc: DomainDiscriminator, data: 
     cat = data.catalog
     src = cat.source_offset + torch.randint(cat.n_source, (n,), generator=gen)
     tgt = cat.target_offset + torch.randint(cat.n_target, (n,), generator=gen)
-    v = model.item_vecs(torch.cat([src, tgt]))
-    y = torch.cat([torch.zeros(n), torch.ones(n)])
+    dev = _model_device(model)
+    v = model.item_vecs(torch.cat([src, tgt]).to(dev))
+    y = torch.cat([torch.zeros(n), torch.ones(n)]).to(dev)
     return F.binary_cross_entropy_with_logits(disc(v, lam), y)
 
 
@@ -167,13 +185,14 @@ def train_phase(
     result = PhaseResult()
     if not examples:
         return result
+    model.to(resolve_device(cfg.device))
     for p in model.parameters():
         p.requires_grad_(phase.trainable == "all")
     if phase.trainable == "adaptor":
         for p in model.adaptor_parameters():
             p.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
-    disc = DomainDiscriminator(model.cfg.dim) if phase.adversarial else None
+    disc = DomainDiscriminator(model.cfg.dim).to(_model_device(model)) if phase.adversarial else None
     if disc is not None:
         params += list(disc.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -228,21 +247,23 @@ def _logit_batches(model: CrossDomainModel, data: AdaptData, ev: EvalSet, batch_
     batches, so a caller that only needs ranks never holds the whole score matrix."""
     model.eval()
     cat = data.catalog
-    target_vecs = model.item_vecs(torch.arange(cat.target_offset, cat.n_items))
+    dev = _model_device(model)
+    target_vecs = model.item_vecs(torch.arange(cat.target_offset, cat.n_items, device=dev))
     for s in range(0, len(ev.targets), batch_size):
         hists = ev.histories[s : s + batch_size]
         L = max(len(h) for h in hists) + 1
         tok = torch.zeros(len(hists), L, dtype=torch.int64)
         for i, h in enumerate(hists):
             tok[i, 1 : len(h) + 1] = torch.as_tensor(h)
-        lengths = torch.as_tensor([len(h) + 1 for h in hists])
+        tok = tok.to(dev)
+        lengths = torch.as_tensor([len(h) + 1 for h in hists], device=dev)
         needed = torch.unique(tok[tok > 0])
-        vecs = torch.zeros(cat.n_items, model.cfg.dim)
+        vecs = torch.zeros(cat.n_items, model.cfg.dim, device=dev)
         if needed.numel():
             vecs[needed] = model.item_vecs(needed)
         h = model.user_states(vecs[tok], _token_domains(data, tok), lengths)
-        last = h[torch.arange(len(hists)), lengths - 1]
-        yield s, model.logits(last, target_vecs).numpy()
+        last = h[torch.arange(len(hists), device=dev), lengths - 1]
+        yield s, model.logits(last, target_vecs).cpu().numpy()
 
 
 def logits_eval_set(model: CrossDomainModel, data: AdaptData, ev: EvalSet, batch_size: int = 256) -> np.ndarray:
@@ -268,4 +289,4 @@ def ndcg10(model: CrossDomainModel, data: AdaptData, ev: EvalSet) -> float:
     return evaluate(model, data, ev)["NDCG@10"]
 
 
-__all__ = ["TrainConfig", "Phase", "PhaseResult", "EpochLog", "train_phase", "score_eval_set", "evaluate", "ndcg10", "SOURCE", "TARGET"]
+__all__ = ["resolve_device", "TrainConfig", "Phase", "PhaseResult", "EpochLog", "train_phase", "score_eval_set", "evaluate", "ndcg10", "SOURCE", "TARGET"]
