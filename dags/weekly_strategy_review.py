@@ -46,7 +46,8 @@ def weekly_strategy_review() -> None:
         settings = get_settings()
         out = shlex.quote(str(nightly_root(settings) / "weekly" / ds))
         args = " ".join(shlex.quote(a) for a in settings.nightly.adapt_args)
-        return f"{CROSSREC} adapt --strategies all --no-promote --run-key {weekly_run_key(ds)} --output {out} {args}"
+        return (f"{CROSSREC} nightly timed --ds {ds} --task full_comparison -- {CROSSREC} adapt --strategies all --no-promote "
+                f"--run-key {weekly_run_key(ds)} --output {out} --threads {settings.nightly.train_threads} {args}")
 
     @task(outlets=[STRATEGY_RECORD])
     def record_winner(ds: str | None = None) -> dict:
