@@ -60,7 +60,9 @@ def weekly_strategy_review() -> None:
         print(f"weekly review {ds}: winner {result['winner']} (validation NDCG@10 {result['valid_ndcg10']})")
         for name, ms in result["test"].items():
             print(f"test {name}: " + ", ".join(f"{m}={v:.4f}" for m, v in ms.items()))
-        return result
+        # XCom is JSON: the full record (fraction curve, target ratios) can hold inf/NaN, which the
+        # API server refuses; it stays whole in winner.json
+        return {"ds": result["ds"], "winner": result["winner"], "valid_ndcg10": result["valid_ndcg10"]}
 
     full_comparison() >> record_winner()
 

@@ -32,7 +32,8 @@ def adapt_argv(settings: Settings, ds: str) -> list[str]:
         crossrec, "adapt", "--strategies", ",".join(nightly_candidates(settings)),
         "--fractions", "", "--fraction-strategies", "", "--no-promote",
         "--run-key", nightly_run_key(ds), "--output", str(run_dir(settings, ds) / "adapt"),
-        "--threads", str(settings.nightly.train_threads), *(() if settings.nightly.diagnose else ("--no-diagnose",)),
+        "--threads", str(settings.nightly.train_threads), "--pretrain-epochs", str(settings.nightly.pretrain_epochs),
+        *(() if settings.nightly.diagnose else ("--no-diagnose",)),
         *settings.nightly.adapt_args,
     ]
 
