@@ -4,7 +4,7 @@ by crossrec, real Redis/broker/Spark/Feast/torch), on the shipped Art-Office dat
 
     python benchmarks/bench_nightly.py                 # full data: cold, then warm
     python benchmarks/bench_nightly.py --quick         # a 300-user sample of it
-    python benchmarks/bench_nightly.py --weekly        # also time the weekly strategy review
+    python benchmarks/bench_nightly.py --weekly        # also time the weekly strategy review (per task)
     python benchmarks/bench_nightly.py --dags-test     # `airflow dags test` instead of the scheduler
 
 Run it under ``flock /tmp/crossrec-timing.lock`` on a shared machine. Targets on 2 cores: cold
@@ -101,6 +101,9 @@ def main() -> int:
             times = read_json(Path(settings.work_dir) / "nightly" / "runs" / ds / "times.json") or {}
             for task, secs in times.items():
                 rows.setdefault(task, {})[label] = secs
+            # printed as each run ends, so a run cut short still leaves the earlier runs' figures
+            console.print(f"{label} ({dag_id} {ds}): {totals[label]:.1f} s trigger to finish; per task: "
+                          + ", ".join(f"{t} {s:.1f}" for t, s in times.items()) + f"; load average {os.getloadavg()}")
             summary = read_json(Path(settings.work_dir) / "nightly" / "runs" / ds / "summary.json") or {}
             if summary:
                 console.print(f"{label}: decision {summary.get('decision')}: {summary.get('why')}; "

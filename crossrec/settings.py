@@ -143,6 +143,16 @@ class NightlySettings(BaseModel):
     max_event_drop: float = Field(default=0.5, ge=0.0, le=1.0)
     embed_dtype: Literal["auto", "fp32", "bf16"] = "auto"
     adapt_args: list[str] = Field(default_factory=list)  # extra `crossrec adapt` flags (e.g. fewer epochs)
+    # torch threads of the nightly's training and re-scoring. 1, measured: on a 2-core machine with
+    # other work running, 2 threads made an epoch 5-12x slower than 1 (their OpenMP workers wait on
+    # each other whenever one is descheduled); alone, 2 threads were ~1.5x faster (bench_nightly.py).
+    train_threads: int = Field(default=1, ge=1)
+    diagnose: bool = False  # the training-free transfer diagnosis is the weekly review's job
+    # Source-pretraining epochs of the nightly's transfer candidate (`crossrec adapt` default: 8).
+    # Art-Office, nightly validation NDCG@10 of pretrain_finetune_adaptor: 8 epochs .0581 and .0475
+    # (two runs), 3 epochs .0620 (one run); the zero-shot number pretraining early-stops on is within
+    # .004 of its best from epoch 2. Each epoch costs 10-20 s of the nightly. The weekly keeps 8.
+    pretrain_epochs: int = Field(default=3, ge=1)
     alert_url: SecretStr | None = None  # POSTed one JSON line when a task fails (may carry a token)
     dagrun_timeout_min: int = Field(default=180, ge=1)
     airflow_host: str = "127.0.0.1"

@@ -46,7 +46,8 @@ def weekly_strategy_review() -> None:
         settings = get_settings()
         out = shlex.quote(str(nightly_root(settings) / "weekly" / ds))
         args = " ".join(shlex.quote(a) for a in settings.nightly.adapt_args)
-        return f"{CROSSREC} adapt --strategies all --no-promote --run-key {weekly_run_key(ds)} --output {out} {args}"
+        return (f"{CROSSREC} nightly timed --ds {ds} --task full_comparison -- {CROSSREC} adapt --strategies all --no-promote "
+                f"--run-key {weekly_run_key(ds)} --output {out} --threads {settings.nightly.train_threads} {args}")
 
     @task(outlets=[STRATEGY_RECORD])
     def record_winner(ds: str | None = None) -> dict:
@@ -59,7 +60,9 @@ def weekly_strategy_review() -> None:
         print(f"weekly review {ds}: winner {result['winner']} (validation NDCG@10 {result['valid_ndcg10']})")
         for name, ms in result["test"].items():
             print(f"test {name}: " + ", ".join(f"{m}={v:.4f}" for m, v in ms.items()))
-        return result
+        # XCom is JSON: the full record (fraction curve, target ratios) can hold inf/NaN, which the
+        # API server refuses; it stays whole in winner.json
+        return {"ds": result["ds"], "winner": result["winner"], "valid_ndcg10": result["valid_ndcg10"]}
 
     full_comparison() >> record_winner()
 

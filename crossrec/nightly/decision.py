@@ -11,7 +11,13 @@ with the current one and names the branch to take:
 * ``keep_current``: no candidate, the candidate already is the current model (a re-run of the
   date, a warm night), or it does not beat the current model by the margin.
 
-The current model's number is its recorded validation NDCG@10 (from its manifest).
+Both models are compared on today's data: ``crossrec nightly train`` re-scores the candidate and
+the current model on today's validation users (:mod:`crossrec.nightly.rescore`, ``rescore.json``),
+and the candidate is promoted only when it is above the current model by the margin AND the paired
+bootstrap CI of the difference excludes zero (otherwise the difference is not signal and the
+serving model stays). The current model's stored validation number (measured on the data of its
+own night) is recorded next to today's for the summary, and is what the decision falls back to,
+saying so, when no re-scoring exists.
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ class Decision:
     current_metric: float | None = None
     margin: float = 0.0
     transfer_pays: bool | None = None  # the transfer candidate beat target-only on validation
+    compared_on: str = "stored validation numbers"  # or "today's validation users"
+    current_stored_metric: float | None = None  # the current model's number from its own night
+    ci: dict[str, Any] | None = None  # paired bootstrap CI of candidate - current (today's users)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,8 +60,10 @@ def decide(
     current: dict[str, Any] | None,
     margin: float,
     valid_by_strategy: dict[str, float] | None = None,
+    today: dict[str, Any] | None = None,
 ) -> Decision:
-    """Pure decision. ``candidate``/``current``: {"version", "strategy", "metric"} or None."""
+    """Pure decision. ``candidate``/``current``: {"version", "strategy", "metric"} or None (metric:
+    the stored validation number); ``today``: the rescore record of these two versions, if any."""
     pays = _transfer_pays(valid_by_strategy or {})
     if candidate is None or candidate.get("metric") is None:
         return Decision(KEEP_CURRENT, "no candidate was registered tonight; keeping the current model",
@@ -76,15 +87,39 @@ def decide(
         base.action = KEEP_CURRENT
         base.reason = f"{candidate['version']} ({kind}) is already the current model; nothing new to promote"
         return base
-    cur_metric = current.get("metric")
+    base.current_stored_metric = cur_metric = current.get("metric")
+    if _is_pair(today, candidate["version"], current["version"]):
+        return _decide_today(base, today, kind, pays_text)  # type: ignore[arg-type]
     if cur_metric is None or cand_metric > float(cur_metric) + margin:
         shown = "unknown" if cur_metric is None else f"{float(cur_metric):.4f}"
         base.reason = (f"promoting the {kind} {candidate['version']}{pays_text}: validation {METRIC} "
-                       f"{cand_metric:.4f} > current {current['version']} {shown} + margin {margin:g}")
+                       f"{cand_metric:.4f} > current {current['version']} {shown} (stored, not re-scored today) + margin {margin:g}")
         return base
     base.action = KEEP_CURRENT
     base.reason = (f"keeping {current['version']}: the {kind} {candidate['version']}{pays_text} has validation "
-                   f"{METRIC} {cand_metric:.4f}, not above {float(cur_metric):.4f} + margin {margin:g}")
+                   f"{METRIC} {cand_metric:.4f}, not above {float(cur_metric):.4f} (stored, not re-scored today) + margin {margin:g}")
+    return base
+
+
+def _is_pair(today: dict[str, Any] | None, candidate: str, current: str) -> bool:
+    return bool(today) and today["candidate"]["version"] == candidate and today["current"]["version"] == current  # type: ignore[index]
+
+
+def _decide_today(base: Decision, today: dict[str, Any], kind: str, pays_text: str) -> Decision:
+    """Promote only when today's candidate beats today's current model by the margin and the paired
+    CI of the difference excludes zero."""
+    cand, cur, ci = float(today["candidate"][METRIC]), float(today["current"][METRIC]), today["ci"]
+    base.candidate_metric, base.current_metric, base.ci = cand, cur, ci
+    base.compared_on = "today's validation users"
+    stored = "unknown" if base.current_stored_metric is None else f"{float(base.current_stored_metric):.4f}"
+    numbers = (f"on today's {today['n_users']} validation users {METRIC} {cand:.4f} vs current {base.current} {cur:.4f} "
+               f"(its stored number: {stored}), paired 95% CI of the difference [{ci['lo']:+.4f}, {ci['hi']:+.4f}]")
+    if cand > cur + base.margin and not ci["includes_zero"]:
+        base.reason = f"promoting the {kind} {base.candidate}{pays_text}: {numbers}"
+        return base
+    base.action = KEEP_CURRENT
+    why = "the CI includes zero" if cand > cur + base.margin else f"not above the current model + margin {base.margin:g}"
+    base.reason = f"keeping {base.current}: the {kind} {base.candidate}{pays_text} {numbers}; {why}"
     return base
 
 
@@ -115,7 +150,8 @@ def decide_for_run(settings: Settings, ds: str) -> Decision:
     current = _model_info(registry, registry.current())
     metrics = read_json(run_dir(settings, ds) / "adapt" / "results.json") or {}
     valid = {n: float(v["mean"]) for n, v in metrics.get("valid_ndcg10", {}).items()}
-    decision = decide(candidate, current, settings.nightly.promote_margin, valid)
+    today = read_json(run_dir(settings, ds) / "rescore.json")
+    decision = decide(candidate, current, settings.nightly.promote_margin, valid, today)
     write_json(run_dir(settings, ds) / "decision.json", decision.to_dict() | {"ds": ds, "valid_ndcg10": valid})
     return decision
 

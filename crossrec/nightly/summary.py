@@ -40,6 +40,13 @@ def build_summary(settings: Settings, ds: str, branch: str | None = None) -> dic
         "strategy": strategy,
         "strategy_from": source,
         "valid_ndcg10": decision.get("valid_ndcg10", {}),
+        "vs_current": {  # the branch's comparison: both models on today's validation users when re-scored
+            "compared_on": decision.get("compared_on"),
+            "candidate": decision.get("candidate_metric"),
+            "current": decision.get("current_metric"),
+            "current_stored": decision.get("current_stored_metric"),
+            "ci": decision.get("ci"),
+        },
         "test": headline_test_metrics(metrics),
         "data_quality": {"ok": dq.get("ok"), "counts": dq.get("counts", {})},
         "embedding": embed,
@@ -65,6 +72,10 @@ def render_lines(summary: dict[str, Any]) -> list[str]:
         f"why: {summary['why']}",
         f"strategy: {summary['strategy']} ({summary['strategy_from']}); transfer pays: {summary['transfer_pays']}",
     ]
+    vs = summary.get("vs_current") or {}
+    if vs.get("current") is not None:
+        lines.append(f"vs current model ({vs['compared_on']}): candidate {vs['candidate']:.4f}, current {vs['current']:.4f}"
+                     + (f" (stored {vs['current_stored']:.4f})" if vs.get("current_stored") is not None else ""))
     for name, ms in summary["test"].items():
         lines.append(f"test {name}: " + ", ".join(f"{m}={v:.4f}" for m, v in ms.items()))
     if summary.get("embedding"):

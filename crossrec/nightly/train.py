@@ -6,6 +6,10 @@ of the pipeline done twice. The check is exact: the content fingerprint of the t
 (events, splits and embeddings, as `crossrec adapt` computes it) and the training command must
 both equal those of an earlier nightly run whose model is in the registry. The reused version is
 recorded in the run's ``candidates.json``; the branch then treats it as tonight's candidate.
+
+When a model is being served, the candidate and that current model are then both scored on
+today's validation users (``rescore.json``, :mod:`crossrec.nightly.rescore`): the branch compares
+them on today's data, not against the number the current model got on its own night.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ def adapt_argv(settings: Settings, ds: str) -> list[str]:
         crossrec, "adapt", "--strategies", ",".join(nightly_candidates(settings)),
         "--fractions", "", "--fraction-strategies", "", "--no-promote",
         "--run-key", nightly_run_key(ds), "--output", str(run_dir(settings, ds) / "adapt"),
+        "--threads", str(settings.nightly.train_threads), "--pretrain-epochs", str(settings.nightly.pretrain_epochs),
+        *(() if settings.nightly.diagnose else ("--no-diagnose",)),
         *settings.nightly.adapt_args,
     ]
 
@@ -46,14 +52,20 @@ def training_config(argv: list[str]) -> list[str]:
     return out
 
 
-def data_fingerprint(settings: Settings) -> str:
-    """The fingerprint `crossrec adapt` will record for tonight's data (same function)."""
+def todays_data(settings: Settings):  # type: ignore[no-untyped-def]
+    """Tonight's training data as `crossrec adapt` loads it (same function, so the same fingerprint)."""
     from crossrec.adaptation.data import load_adapt_data
 
     split = Path(settings.data_dir) / "users_split.json"
-    data = load_adapt_data(Path(settings.work_dir), settings.encoder, settings.source_domain,
+    return load_adapt_data(Path(settings.work_dir), settings.encoder, settings.source_domain,
                            settings.target_domain, split if split.is_file() else None)
-    return data.fingerprint
+
+
+def earlier_runs(settings: Settings, ds: str, config: list[str]) -> list[Path]:
+    """Earlier nightly run folders (newest first) whose candidate was trained with ``config``."""
+    runs = nightly_root(settings) / "runs"
+    folders = sorted((p for p in runs.iterdir() if p.is_dir() and p.name != ds), reverse=True) if runs.is_dir() else []
+    return [f for f in folders if (r := read_json(f / "candidates.json")) and r.get("config") == config and r.get("version")]
 
 
 def reusable_run(settings: Settings, ds: str, fingerprint: str, config: list[str]) -> dict[str, Any] | None:
@@ -61,11 +73,8 @@ def reusable_run(settings: Settings, ds: str, fingerprint: str, config: list[str
     from crossrec.registry import ModelRegistry
 
     registry = ModelRegistry(Path(settings.work_dir) / "registry")
-    runs = nightly_root(settings) / "runs"
-    for folder in sorted((p for p in runs.iterdir() if p.is_dir() and p.name != ds), reverse=True) if runs.is_dir() else []:
+    for folder in earlier_runs(settings, ds, config):
         record = read_json(folder / "candidates.json")
-        if not record or record.get("config") != config or not record.get("version"):
-            continue
         try:
             manifest = registry.manifest(record["version"])
         except Exception:  # noqa: BLE001 - a version removed from the registry cannot be reused
@@ -76,16 +85,25 @@ def reusable_run(settings: Settings, ds: str, fingerprint: str, config: list[str
 
 
 def train_candidates(settings: Settings, ds: str, say=print) -> int:
-    """Train (or reuse) tonight's candidates; write ``candidates.json``; return the exit code."""
+    """Train (or reuse) tonight's candidates; write ``candidates.json`` and, when a model is being
+    served, ``rescore.json`` (candidate and current model on today's validation users); return the
+    exit code.
+
+    Today's data is loaded here only when something needs it: the reuse check (an earlier night
+    trained with the same configuration) or the re-scoring (a current model exists). A first night
+    needs neither, and `crossrec adapt` loads the data itself.
+    """
     from crossrec.registry import ModelRegistry
 
     argv = adapt_argv(settings, ds)
     config = training_config(argv)
     folder = run_dir(settings, ds)
-    fingerprint = data_fingerprint(settings)
     registry = ModelRegistry(Path(settings.work_dir) / "registry")
     done = registry.find_run(nightly_run_key(ds))
-    reuse = None if done else reusable_run(settings, ds, fingerprint, config)
+    check_reuse = done is None and bool(earlier_runs(settings, ds, config))
+    data = todays_data(settings) if (check_reuse or registry.current() is not None) else None
+    fingerprint = data.fingerprint if data is not None else None
+    reuse = reusable_run(settings, ds, fingerprint, config) if check_reuse else None
     if reuse is not None:
         say(f"training data ({fingerprint}) and configuration unchanged since {reuse['ds']}: "
             f"reusing its candidate {reuse['version']}, nothing trained")
@@ -95,10 +113,35 @@ def train_candidates(settings: Settings, ds: str, say=print) -> int:
             write_json(folder / "adapt" / "results.json", previous)
         write_json(folder / "candidates.json", {"config": config, "fingerprint": fingerprint,
                                                 "version": reuse["version"], "reused_from": reuse["ds"]})
-        return 0
+        return _rescore_against_current(settings, ds, data, reuse["version"], say)
     say("running: " + " ".join(shlex.quote(a) for a in argv))
     code = subprocess.run(argv).returncode
-    if code == 0:
-        write_json(folder / "candidates.json", {"config": config, "fingerprint": fingerprint,
-                                                "version": registry.find_run(nightly_run_key(ds)), "reused_from": None})
-    return code
+    if code != 0:
+        return code
+    version = registry.find_run(nightly_run_key(ds))
+    if fingerprint is None and version is not None:
+        fingerprint = registry.manifest(version).get("data_fingerprint")
+    write_json(folder / "candidates.json", {"config": config, "fingerprint": fingerprint,
+                                            "version": version, "reused_from": None})
+    return _rescore_against_current(settings, ds, data, version, say)
+
+
+def _rescore_against_current(settings: Settings, ds: str, data, candidate: str | None, say) -> int:  # type: ignore[no-untyped-def]
+    """Write ``rescore.json``: tonight's candidate and the current model on today's validation users
+    (nothing when no model is served or the candidate already is the current one)."""
+    from crossrec.nightly.rescore import rescore, summarise
+    from crossrec.registry import ModelRegistry
+
+    path = run_dir(settings, ds) / "rescore.json"
+    registry = ModelRegistry(Path(settings.work_dir) / "registry")
+    current = registry.current()
+    if data is None or candidate is None or current is None or current == candidate:
+        path.unlink(missing_ok=True)
+        return 0
+    import torch
+
+    torch.set_num_threads(settings.nightly.train_threads)
+    record = rescore(data, registry, candidate, current)
+    write_json(path, record)
+    say(summarise(record))
+    return 0

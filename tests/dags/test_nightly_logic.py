@@ -99,6 +99,37 @@ def test_branch_decision(candidate, current, margin, action) -> None:
     assert d.reason and (current is None or current["version"] in d.reason or candidate is None)
 
 
+def today(cand: float, cur: float, lo: float, hi: float, versions: tuple[str, str] = ("v0002", "v0001")) -> dict:
+    return {"n_users": 500, "candidate": {"version": versions[0], "NDCG@10": cand}, "current": {"version": versions[1], "NDCG@10": cur},
+            "ci": {"lo": lo, "hi": hi, "includes_zero": lo <= 0 <= hi}}
+
+
+@pytest.mark.parametrize(
+    ("current", "rescored", "action"),
+    [
+        # stale stored number (0.09, from its own night) would keep it; today it scores 0.030: promote
+        ({**CUR, "metric": 0.09}, today(0.058, 0.030, 0.015, 0.040), dec.PROMOTE_TRANSFER),
+        # stored number looks beaten (0.05 < 0.06), but on today's users the current model is better: keep
+        (CUR, today(0.058, 0.064, -0.010, -0.002), dec.KEEP_CURRENT),
+        # above today's current model, but the paired CI includes zero: not signal, keep
+        (CUR, today(0.058, 0.055, -0.004, 0.010), dec.KEEP_CURRENT),
+        # a rescore of other versions (an older record) is not used: the stored numbers decide, and say so
+        ({**CUR, "metric": 0.09}, today(0.058, 0.030, 0.015, 0.040, ("v0009", "v0001")), dec.KEEP_CURRENT),
+    ],
+)
+def test_the_branch_compares_on_todays_validation_users(current, rescored, action) -> None:
+    d = dec.decide(CAND_T, current, 0.0, None, rescored)
+    assert d.action == action, d.reason
+    paired = rescored["candidate"]["version"] == CAND_T["version"]
+    assert d.compared_on == ("today's validation users" if paired else "stored validation numbers")
+    assert d.current_stored_metric == current["metric"]
+    if paired:
+        assert (d.candidate_metric, d.current_metric) == (rescored["candidate"]["NDCG@10"], rescored["current"]["NDCG@10"])
+        assert d.ci == rescored["ci"] and "today's 500 validation users" in d.reason
+    else:
+        assert d.current_metric == current["metric"] and "not re-scored today" in d.reason
+
+
 def test_decision_says_whether_transfer_paid() -> None:
     assert dec.decide(CAND_T, CUR, 0.0, {"target_only": 0.05, "zero_shot": 0.06}).transfer_pays is True
     d = dec.decide(CAND_R, CUR, 0.0, {"target_only": 0.07, "zero_shot": 0.06})
