@@ -51,18 +51,18 @@ def weekly_strategy_review() -> None:
 
     @task(outlets=[STRATEGY_RECORD])
     def record_winner(ds: str | None = None) -> dict:
-        """Write winner.json: the servable strategy with the best validation NDCG@10."""
+        """Write winner.json: the review's confidence-checked strategy choice (see pick_winner)."""
         from crossrec.nightly.state import nightly_root
         from crossrec.nightly.strategy import record_winner as record
 
         settings = get_settings()
         result = record(settings, ds, nightly_root(settings) / "weekly" / ds / "results.json")
-        print(f"weekly review {ds}: winner {result['winner']} (validation NDCG@10 {result['valid_ndcg10']})")
+        print(f"weekly review {ds}: winner {result['winner']}: {result['reason']} (validation NDCG@10 {result['valid_ndcg10']})")
         for name, ms in result["test"].items():
             print(f"test {name}: " + ", ".join(f"{m}={v:.4f}" for m, v in ms.items()))
         # XCom is JSON: the full record (fraction curve, target ratios) can hold inf/NaN, which the
         # API server refuses; it stays whole in winner.json
-        return {"ds": result["ds"], "winner": result["winner"], "valid_ndcg10": result["valid_ndcg10"]}
+        return {"ds": result["ds"], "winner": result["winner"], "reason": result["reason"], "valid_ndcg10": result["valid_ndcg10"]}
 
     full_comparison() >> record_winner()
 

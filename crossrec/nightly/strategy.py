@@ -39,13 +39,23 @@ def nightly_candidates(settings: Settings) -> list[str]:
     return list(dict.fromkeys([strategy, TARGET_ONLY]))
 
 
-def pick_winner(metrics: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    """The servable strategy with the best mean validation NDCG@10 (validation only: test stays
-    untouched by the choice); returns it and every servable strategy's validation number."""
+def pick_winner(metrics: dict[str, Any]) -> tuple[str, dict[str, float], str]:
+    """(winner, every servable strategy's validation NDCG@10, why).
+
+    The winner is the review's own confidence-checked choice (``strategy_choice``: best on the
+    selection set, kept apart from the early-stopping users, and target_only unless the paired
+    bootstrap CI of the difference excludes zero), so the weekly never hands the nightly a strategy
+    that won by noise or by picking its checkpoint on the same users. Results written before that
+    choice existed fall back to the best mean validation NDCG@10, and the reason says so.
+    """
     valid = {n: float(v["mean"]) for n, v in metrics.get("valid_ndcg10", {}).items() if n in TEXT_STRATEGIES}
     if not valid:
         raise ValueError("the review's metrics hold no servable strategy (target_only or a transfer strategy)")
-    return max(valid, key=valid.__getitem__), valid
+    choice = metrics.get("strategy_choice") or {}
+    if choice.get("chosen") in TEXT_STRATEGIES:
+        return choice["chosen"], valid, str(choice.get("reason", "the review's strategy choice"))
+    best = max(valid, key=valid.__getitem__)
+    return best, valid, f"no confidence-checked strategy choice in these results: best mean validation NDCG@10 ({best})"
 
 
 def record_winner(settings: Settings, ds: str, metrics_file: Path) -> dict[str, Any]:
@@ -53,10 +63,11 @@ def record_winner(settings: Settings, ds: str, metrics_file: Path) -> dict[str, 
     metrics = read_json(metrics_file)
     if metrics is None:
         raise FileNotFoundError(f"no review metrics at {metrics_file}")
-    winner, valid = pick_winner(metrics)
+    winner, valid, reason = pick_winner(metrics)
     record = {
         "ds": ds,
         "winner": winner,
+        "reason": reason,
         "valid_ndcg10": valid,
         "test": headline_test_metrics(metrics),
         "fractions": metrics.get("fractions", {}),

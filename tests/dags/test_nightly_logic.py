@@ -141,23 +141,40 @@ def test_a_baseline_candidate_is_refused() -> None:
         dec.decide({"version": "v3", "strategy": "popularity", "metric": 0.9}, CUR, 0.0)
 
 
-def test_weekly_winner_is_the_best_servable_strategy_on_validation(tmp_path: Path) -> None:
+def test_weekly_winner_is_the_reviews_confidence_checked_choice(tmp_path: Path) -> None:
+    """The best validation mean (the early-stopping users) does not win by itself: the review's
+    strategy choice kept target_only because its CI included zero, and that is what the nightly gets."""
     metrics = {
         "valid_ndcg10": {"target_only": {"mean": 0.05}, "zero_shot": {"mean": 0.02},
                          "pretrain_finetune_all": {"mean": 0.07}, "popularity": {"mean": 0.5}},
+        "strategy_choice": {"best_on_selection": "joint_adversarial", "baseline": "target_only", "chosen": "target_only",
+                            "reason": "joint_adversarial vs target_only: +1.4% ... includes zero: keeping target_only"},
         "test": {"target_only": {"NDCG@10": {"mean": 0.04}, "n_users": 5}},
     }
-    assert pick_winner(metrics)[0] == "pretrain_finetune_all"  # popularity is not servable
+    winner, valid, reason = pick_winner(metrics)
+    assert (winner, valid["pretrain_finetune_all"]) == ("target_only", 0.07) and "includes zero" in reason
     settings = make_settings(tmp_path)
     assert nightly_strategy(settings)[0] == settings.nightly.fallback_strategy
     path = tmp_path / "metrics.json"
     path.write_text(json.dumps(metrics))
     record = record_winner(settings, "2026-01-04", path)
-    assert record["test"] == {"target_only": {"NDCG@10": 0.04}}
-    assert nightly_strategy(settings) == ("pretrain_finetune_all", "weekly review of 2026-01-04")
-    assert nightly_candidates(settings) == ["pretrain_finetune_all", "target_only"]
+    assert record["test"] == {"target_only": {"NDCG@10": 0.04}} and "includes zero" in record["reason"]
+    assert nightly_strategy(settings) == ("target_only", "weekly review of 2026-01-04")
+    assert nightly_candidates(settings) == ["target_only"]
+
+    chose_transfer = {**metrics, "strategy_choice": {"chosen": "joint_adversarial", "reason": "CI excludes zero"}}
+    path.write_text(json.dumps(chose_transfer))
+    record_winner(settings, "2026-01-11", path)
+    assert nightly_candidates(settings) == ["joint_adversarial", "target_only"]
     pinned = make_settings(tmp_path, nightly={"strategy": "target_only"})
     assert nightly_candidates(pinned) == ["target_only"]
+
+
+def test_weekly_winner_from_results_without_a_strategy_choice_says_so() -> None:
+    metrics = {"valid_ndcg10": {"target_only": {"mean": 0.05}, "pretrain_finetune_all": {"mean": 0.07},
+                                "popularity": {"mean": 0.5}}}
+    winner, _, reason = pick_winner(metrics)
+    assert winner == "pretrain_finetune_all" and "no confidence-checked" in reason  # popularity is not servable
 
 
 def test_alert_line_is_one_clear_line() -> None:

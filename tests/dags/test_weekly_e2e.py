@@ -36,8 +36,10 @@ def test_weekly_review_records_the_winner_and_promotes_nothing(tmp_path: Path) -
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     record = json.loads((work / "nightly" / "winner.json").read_text())
     assert record["ds"] == "2026-01-04"
-    # the winner is the servable strategy with the best validation NDCG@10 of the full comparison
-    assert record["winner"] == max(record["valid_ndcg10"], key=record["valid_ndcg10"].get)
+    # the winner is the review's confidence-checked strategy choice (selection set + paired CI)
+    results = json.loads((work / "nightly" / "weekly" / "2026-01-04" / "results.json").read_text())
+    assert record["winner"] == results["strategy_choice"]["chosen"]
+    assert record["reason"] == results["strategy_choice"]["reason"]
     assert set(record["valid_ndcg10"]) == {"target_only", "pretrain_finetune_all", "pretrain_finetune_adaptor",
                                            "joint_adversarial", "zero_shot"}
     assert {"popularity", "item_knn", "sasrec"} <= set(record["test"])  # baselines reported, never chosen
