@@ -74,11 +74,16 @@ def test_routed_model_recovers_the_planted_signal_and_serves_with_its_route(plan
     assert "0.5" in res["fractions"]["routed"] and "0.5" in res["fractions"]["item_knn"]
     routes = res["routing"]["routes"]
     assert routes["cold"]["route"] != "model"  # an empty target history must read the source history
+    # the target-view model reads nothing for cold users: popularity is their fallback, and the
+    # source-reading route replaced it because its CI against popularity excludes zero
+    assert routes["cold"]["fallback"] == "popularity" and routes["cold"]["ci_vs_fallback"][routes["cold"]["route"]]["lo"] > 0
+    assert routes["1-2"]["fallback"] == routes["3+"]["fallback"] == "model"
     for seg in routes.values():  # every choice carries its evidence
         assert seg["reason"] and set(seg["selection_ndcg10"]) >= {"model", "popularity", "item_knn", "source_cooc", "blend"}
     seg_r, seg_p = res["segments"]["routed"]["user"], res["segments"]["popularity"]["user"]
     assert seg_r["no target history (constructed)"]["NDCG@10"] > seg_p["no target history (constructed)"]["NDCG@10"]
-    assert "Routed model" in (tmp_path / "out" / "report.html").read_text()
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "Routed model" in report and "popularity (the model reads no history for these users" in report  # the fallback and why
     assert "Transfer diagnosis" in (tmp_path / "out" / "report.html").read_text()
 
     # the registered artifact carries the routing table; the library API serves through it

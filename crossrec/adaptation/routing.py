@@ -116,7 +116,10 @@ SIMPLER = "popularity"  # the fallback where the model reads nothing
 def fallback_for(ev_model: EvalSet, rows: np.ndarray) -> tuple[str, str]:
     """The segment's fallback route and why: popularity when the model's view holds no event of
     any of these users (it then ranks all of them alike, and counts are the simpler scorer of that
-    kind), else the model."""
+    kind), else the model (also for a segment without selection users: no evidence either way,
+    so serving stays what it was before routing)."""
+    if rows.size == 0:
+        return REFERENCE, "no selection users in this segment: the model, as served before routing"
     if all(len(ev_model.histories[i]) == 0 for i in rows):
         return SIMPLER, "the model reads no history for these users (an empty sequence in its view), so popularity is the simpler scorer"
     return REFERENCE, "the model reads these users' history"
