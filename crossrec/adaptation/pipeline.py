@@ -14,7 +14,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -26,6 +26,10 @@ from crossrec.adaptation.strategies import STRATEGIES, TRANSFER, RunContext, Tra
 from crossrec.adaptation.trainer import TrainConfig
 from crossrec.evaluation import HEADLINE, ITEM_SEGMENTS, USER_SEGMENTS, compute_metrics, item_segment_of, paired_bootstrap, per_user, segment_metrics, user_segment_of
 from crossrec.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from crossrec.adaptation.routing import RoutingTable
+    from crossrec.adaptation.scorers import TrainingFreeScorers
 
 TEXT_STRATEGIES = ("target_only", *TRANSFER)
 
@@ -200,7 +204,7 @@ def build_routing(data: AdaptData, opts: AdaptOptions, trained: Trained, cache: 
     return table, scorers, evaluate_routing(ctx, table, scorers, lambda ev: logits_eval_set(model, data, ev), trained.view)
 
 
-def routing_selection(ctx: RunContext, view: str) -> tuple:
+def routing_selection(ctx: RunContext, view: str) -> tuple["TrainingFreeScorers", dict[str, tuple]]:
     """The training-free scorers (fitted on ``ctx``'s training sequences) and the selection
     segments ``fit_routing`` chooses on: seg -> (mixed-view set, ``view`` set, rows)."""
     from crossrec.adaptation.data import make_eval_set_at
@@ -221,7 +225,7 @@ def routing_selection(ctx: RunContext, view: str) -> tuple:
     return scorers, segments
 
 
-def evaluate_routing(ctx: RunContext, table, scorers, model_logits: Callable, view: str) -> dict:
+def evaluate_routing(ctx: RunContext, table: "RoutingTable", scorers: "TrainingFreeScorers", model_logits: Callable[..., np.ndarray], view: str) -> dict:
     """Test metrics of a routing table, overall and per segment: natural histories routed by their
     segment, the constructed cold view (target history hidden) routed as cold."""
     from crossrec.adaptation.data import SPLIT_CODES, make_eval_set
