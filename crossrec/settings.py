@@ -161,6 +161,14 @@ class NightlySettings(BaseModel):
     run_timeout_s: float = Field(default=3600.0, gt=0)
 
 
+class AdaptSettings(BaseModel):
+    """`crossrec adapt` defaults a deployment sets once (its flags override them per run)."""
+
+    # Where training runs (TrainConfig.device): cpu (the path every test and the nightly take),
+    # cuda / cuda:N, or auto (cuda when torch sees one). `crossrec adapt --device` overrides it.
+    device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:[0-9]+)?)$")
+
+
 class CleanSettings(BaseModel):
     """Cleaning choices that a deployment tunes (the CLI flags override them per run)."""
 
@@ -262,6 +270,7 @@ class Settings(BaseSettings):
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     clean: CleanSettings = Field(default_factory=CleanSettings)
     nightly: NightlySettings = Field(default_factory=NightlySettings)
+    adapt: AdaptSettings = Field(default_factory=AdaptSettings)
 
     @field_validator("key_prefix")
     @classmethod

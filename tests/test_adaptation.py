@@ -400,6 +400,43 @@ def test_device_setting_is_validated_and_the_cpu_path_is_unchanged(data) -> None
         assert np.array_equal(ranks["cpu"], ranks["auto"])
 
 
+def test_cli_device_flag_reaches_training_with_its_default_from_settings(work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`crossrec adapt --device` sets TrainConfig.device (default: settings.adapt.device); asking
+    for a GPU torch does not see is a clear error before any data is read, not a torch assertion."""
+    from typer.testing import CliRunner
+
+    from crossrec.cli import app
+    from crossrec.settings import get_settings
+
+    def run(*extra: str, out: str = "out"):
+        return CliRunner().invoke(app, [
+            "adapt", "--input", str(work), "--output", str(tmp_path / out), "--strategies", "target_only", "--fractions", "",
+            "--split", str(work / "users_split.json"), "--registry", str(tmp_path / "reg"), "--no-promote", "--no-diagnose",
+            "--no-routing", "--max-epochs", "1", "--dim", "16", *extra,
+        ])
+
+    ok = run("--device", "cpu")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["run"]["train"]["device"] == "cpu"
+    bad = run("--device", "tpu", out="bad")
+    assert bad.exit_code == 1 and "unknown device 'tpu'" in bad.output
+    monkeypatch.setenv("CROSSREC_ADAPT__DEVICE", "cuda")
+    get_settings.cache_clear()
+    try:
+        from_settings = run(out="gpu")
+        if torch.cuda.is_available():
+            assert from_settings.exit_code == 0, from_settings.output
+            assert json.loads((tmp_path / "gpu" / "results.json").read_text())["run"]["train"]["device"] == "cuda"
+        else:
+            assert from_settings.exit_code == 1 and "torch sees no CUDA device" in from_settings.output
+            assert not (tmp_path / "gpu" / "results.json").exists()
+        override = run("--device", "cpu", out="cpu2")  # the flag wins over the setting
+        assert override.exit_code == 0, override.output
+        assert json.loads((tmp_path / "cpu2" / "results.json").read_text())["run"]["train"]["device"] == "cpu"
+    finally:
+        get_settings.cache_clear()
+
+
 def test_bare_work_dir_loads_where_feast_is_not_installed(work: Path) -> None:
     """A work dir without features/ must not import Feast (a GPU box for bench_seeds has none)."""
     import subprocess

@@ -158,6 +158,28 @@ def test_loader_serves_the_routing_table_and_falls_back_to_the_plain_model(setti
     assert routed.n_trained_targets + 1 == len(routed.target_items)
 
 
+def test_a_popularity_route_serves_the_stored_counts_and_older_tables_load(routed_work: Path, tmp_path: Path) -> None:
+    """Cold users routed to their popularity fallback get the training counts' order (the same
+    list for every one of them, history masked); a table in the layout written before fallbacks
+    existed (``ci_vs_reference``, no ``fallback``) still loads and serves."""
+    reg = registry_for(routed_work)
+    art = tmp_path / "art"
+    shutil.copytree(reg.path(reg.current()), art)
+    old = {seg: {"segment": seg, "route": route, "n_users": 10, "selection_ndcg10": {}, "ci_vs_reference": {}, "blend_weights": {}, "reason": "old"}
+           for seg, route in {"cold": "popularity", "1-2": "item_knn", "3+": "model"}.items()}
+    (art / "routing" / "routing.json").write_text(json.dumps({"strategy": "target_only", "routes": old}))
+    rr = RoutedRecommender("vP", art)
+    assert rr.table.routes["cold"].fallback == "model"  # the only fallback those tables had
+    counts = np.load(art / "routing" / "popularity.npy")
+    order = [rr.target_items[j] for j in np.argsort(-counts, kind="stable")]
+    cold = {u: [("art", i) for i in items] for u, items in COLD_USERS.items()}
+    lists = rr.top_k_for_users(cold, k=5)
+    for lst in lists.values():
+        assert lst.route == "popularity" and [i for i, _ in lst] == order[:5]
+    thin_masked = rr.top_k_for_users({"T": [("art", "art-001"), *[("office", i) for i in order[:1]]]}, k=5)["T"]
+    assert thin_masked.route == "item_knn" and order[0] not in [i for i, _ in thin_masked]
+
+
 # ------------------------------------------------------------------------------ publish + API
 def test_publish_writes_each_users_list_through_its_route_and_the_api_shows_it(settings: Settings, redis_client) -> None:
     clean = settings.work_dir / "clean_routed"

@@ -74,11 +74,16 @@ def test_routed_model_recovers_the_planted_signal_and_serves_with_its_route(plan
     assert "0.5" in res["fractions"]["routed"] and "0.5" in res["fractions"]["item_knn"]
     routes = res["routing"]["routes"]
     assert routes["cold"]["route"] != "model"  # an empty target history must read the source history
+    # the target-view model reads nothing for cold users: popularity is their fallback, and the
+    # source-reading route replaced it because its CI against popularity excludes zero
+    assert routes["cold"]["fallback"] == "popularity" and routes["cold"]["ci_vs_fallback"][routes["cold"]["route"]]["lo"] > 0
+    assert routes["1-2"]["fallback"] == routes["3+"]["fallback"] == "model"
     for seg in routes.values():  # every choice carries its evidence
         assert seg["reason"] and set(seg["selection_ndcg10"]) >= {"model", "popularity", "item_knn", "source_cooc", "blend"}
     seg_r, seg_p = res["segments"]["routed"]["user"], res["segments"]["popularity"]["user"]
     assert seg_r["no target history (constructed)"]["NDCG@10"] > seg_p["no target history (constructed)"]["NDCG@10"]
-    assert "Routed model" in (tmp_path / "out" / "report.html").read_text()
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "Routed model" in report and "popularity (the model reads no history for these users" in report  # the fallback and why
     assert "Transfer diagnosis" in (tmp_path / "out" / "report.html").read_text()
 
     # the registered artifact carries the routing table; the library API serves through it
@@ -136,3 +141,92 @@ def test_diagnose_without_selection_users_is_a_clear_error(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="selection set"):
         diagnose_data(data, selection_users=0, say=lambda s: None)
     assert np.isfinite(diagnose_data(data, selection_users=5, say=lambda s: None)["overall"]["target_only_ndcg10"])
+
+
+# ------------------------------------------------------------------------------ fallbacks
+def _per_user(rng: np.random.Generator, base: np.ndarray, shift: float, noise: float) -> np.ndarray:
+    return np.clip(base + shift + rng.normal(scale=noise, size=base.size), 0.0, 1.0)
+
+
+def test_a_challenger_replaces_the_fallback_only_when_its_ci_against_the_fallback_excludes_zero() -> None:
+    from crossrec.adaptation.routing import choose_route
+
+    rng = np.random.default_rng(0)
+    base = rng.random(600) * 0.2
+    # blend and the model both clearly beat popularity and tie each other: judged against the
+    # fallback (popularity), blend wins; judged against the model it would not
+    model = _per_user(rng, base, 0.10, 0.02)
+    per = {"popularity": base, "item_knn": base * 0.5, "source_cooc": base * 0.5, "model": model, "blend": _per_user(rng, model, 0.003, 0.05)}
+    assert per["blend"].mean() > model.mean()
+    route, cis, reason = choose_route(per, "popularity")
+    assert route == "blend" and cis["blend"]["lo"] > 0 and "beats the fallback popularity" in reason
+    assert set(cis) == {"item_knn", "source_cooc", "model", "blend"}  # every challenger against the fallback
+    assert choose_route(per, "model")[0] == "model"  # the same numbers against the model: within noise
+
+    # a challenger within noise of the fallback does not replace it, and the reason says so
+    noisy = {"popularity": base, "model": _per_user(rng, base, 0.0, 0.05), "blend": _per_user(rng, base, 0.001, 0.05)}
+    route, cis, reason = choose_route(noisy, "popularity")
+    best = max(("model", "blend"), key=lambda n: noisy[n].mean())
+    assert route == "popularity" and cis[best]["includes_zero"] and "includes zero: keeping popularity" in reason
+
+    # nothing above the fallback (e.g. all zero on a handful of users): the fallback, no "+inf %"
+    zeros = {n: np.zeros(5) for n in ("popularity", "item_knn", "model", "blend")}
+    route, _, reason = choose_route(zeros, "model")
+    assert route == "model" and "inf" not in reason and "no candidate beats it" in reason
+
+
+@pytest.fixture(scope="module")
+def no_signal(tmp_path_factory: pytest.TempPathFactory):
+    """One topic: neither history says anything about the next target item, so nothing beats
+    popularity for a user whose target history is hidden. A real target_only model, trained briefly."""
+    from crossrec.adaptation.data import load_adapt_data
+    from crossrec.adaptation.strategies import STRATEGIES, RunContext
+
+    torch.set_num_threads(2)
+    work = write_synthetic(tmp_path_factory.mktemp("nosignal") / "work", n_users=400, n_items=30, dim=16, n_topics=1, domains=PAIR)
+    data = load_adapt_data(work, source=PAIR[0], target=PAIR[1], split_path=work / "users_split.json")
+    ctx = RunContext(data, ModelConfig(in_dim=16, dim=16, max_len=12), TrainConfig(max_epochs=2, patience=1, selection_users=200), 0)
+    return ctx, STRATEGIES["target_only"](ctx)
+
+
+def _fit(ctx, trained, view: str):
+    from crossrec.adaptation.pipeline import routing_selection
+    from crossrec.adaptation.routing import fit_routing
+    from crossrec.adaptation.trainer import logits_eval_set
+
+    scorers, segments = routing_selection(ctx, view)
+    return fit_routing(ctx.data, scorers, lambda ev: logits_eval_set(trained.model, ctx.data, ev), segments, trained.name, say=lambda s: None)
+
+
+def test_cold_users_fall_back_to_popularity_where_the_model_reads_no_history(no_signal) -> None:
+    ctx, trained = no_signal
+    assert trained.view == "target"
+    table = _fit(ctx, trained, "target")
+    cold = table.routes["cold"]
+    assert cold.n_users >= 100 and cold.fallback == "popularity" and "reads no history" in cold.fallback_reason
+    assert cold.route == "popularity", cold.reason  # no challenger's CI against popularity excludes zero
+    assert "keeping" in cold.reason and "popularity" in cold.reason
+    assert set(cold.ci_vs_fallback) == {"model", "item_knn", "source_cooc", "blend"}
+    for seg in ("1-2", "3+"):  # users whose target history the model reads keep the model as fallback
+        assert table.routes[seg].fallback == "model", seg
+    assert table.routes["3+"].n_users > 0 and table.routes["3+"].route in ("model", "popularity", "item_knn", "source_cooc", "blend")
+    # what decides is what the model reads, not the segment's name: a mixed-view model reads the
+    # cold users' source history, so its fallback there is the model
+    assert _fit(ctx, trained, "mixed").routes["cold"].fallback == "model"
+
+
+def test_routing_tables_written_before_fallbacks_still_load() -> None:
+    from crossrec.adaptation.routing import RoutingTable
+
+    ci = {"diff": 0.01, "lo": 0.005, "hi": 0.015, "rel": 0.2, "includes_zero": False, "n_users": 100}
+    old = {"strategy": "target_only", "routes": {
+        "cold": {"segment": "cold", "route": "blend", "n_users": 100, "selection_ndcg10": {"model": 0.01, "blend": 0.02},
+                 "ci_vs_reference": {"blend": ci}, "blend_weights": {"model": 1.0, "popularity": 0.3}, "reason": "blend beats the model"},
+    }}
+    table = RoutingTable.from_dict(json.loads(json.dumps(old)))
+    cold = table.routes["cold"]
+    assert cold.route == "blend" and cold.fallback == "model" and cold.ci_vs_fallback == {"blend": ci}
+    newer = table.to_dict()
+    assert newer["routes"]["cold"]["fallback"] == "model" and "ci_vs_reference" not in newer["routes"]["cold"]
+    newer["routes"]["cold"]["added_by_a_later_version"] = 1  # unknown keys are ignored
+    assert RoutingTable.from_dict(newer).routes["cold"].blend_weights == {"model": 1.0, "popularity": 0.3}

@@ -14,7 +14,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -26,6 +26,10 @@ from crossrec.adaptation.strategies import STRATEGIES, TRANSFER, RunContext, Tra
 from crossrec.adaptation.trainer import TrainConfig
 from crossrec.evaluation import HEADLINE, ITEM_SEGMENTS, USER_SEGMENTS, compute_metrics, item_segment_of, paired_bootstrap, per_user, segment_metrics, user_segment_of
 from crossrec.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from crossrec.adaptation.routing import RoutingTable
+    from crossrec.adaptation.scorers import TrainingFreeScorers
 
 TEXT_STRATEGIES = ("target_only", *TRANSFER)
 
@@ -188,36 +192,51 @@ def build_routing(data: AdaptData, opts: AdaptOptions, trained: Trained, cache: 
     """Fit the routing table for ``trained`` on the selection set and evaluate it on the test users.
 
     Returns (table, scorers, results-dict with test metrics overall / per segment)."""
-    from crossrec.adaptation.data import SPLIT_CODES, make_eval_set, make_eval_set_at
-    from crossrec.adaptation.routing import fit_routing, score_rows, segment_of
-    from crossrec.adaptation.scorers import TrainingFreeScorers
+    from crossrec.adaptation.routing import fit_routing
     from crossrec.adaptation.trainer import logits_eval_set
 
+    if trained.model is None:
+        raise ValueError("routing needs a trained model")
+    model = trained.model
     ctx = RunContext(data, opts.model, opts.train, opts.seeds[0], fraction, cache=cache)
+    scorers, segments = routing_selection(ctx, trained.view)
+    table = fit_routing(data, scorers, lambda ev: logits_eval_set(model, data, ev), segments, trained.name, say)
+    return table, scorers, evaluate_routing(ctx, table, scorers, lambda ev: logits_eval_set(model, data, ev), trained.view)
+
+
+def routing_selection(ctx: RunContext, view: str) -> tuple["TrainingFreeScorers", dict[str, tuple]]:
+    """The training-free scorers (fitted on ``ctx``'s training sequences) and the selection
+    segments ``fit_routing`` chooses on: seg -> (mixed-view set, ``view`` set, rows)."""
+    from crossrec.adaptation.data import make_eval_set_at
+    from crossrec.adaptation.routing import segment_of
+    from crossrec.adaptation.scorers import TrainingFreeScorers
+
+    data, max_len = ctx.data, ctx.model_cfg.max_len
     scorers = TrainingFreeScorers.fit(data, ctx.train_seqs("mixed"))
     pos = _positions_for_choices(ctx)
-    max_len = opts.model.max_len
-
-    def model_logits(ev) -> np.ndarray:
-        if trained.model is None:
-            raise ValueError("routing needs a trained model")
-        return logits_eval_set(trained.model, data, ev)
-
-    sel_m, sel_v = make_eval_set_at(data, pos, "mixed", None), make_eval_set_at(data, pos, trained.view, max_len)
-    cold_m, cold_v = make_eval_set_at(data, pos, "mixed", None, True), make_eval_set_at(data, pos, trained.view, max_len, True)
+    sel_m, sel_v = make_eval_set_at(data, pos, "mixed", None), make_eval_set_at(data, pos, view, max_len)
+    cold_m, cold_v = make_eval_set_at(data, pos, "mixed", None, True), make_eval_set_at(data, pos, view, max_len, True)
     seg = segment_of(sel_m.n_target_hist)
     segments = {
         "cold": (cold_m, cold_v, np.arange(len(cold_m.targets))),
         "1-2": (sel_m, sel_v, np.flatnonzero(seg == "1-2")),
         "3+": (sel_m, sel_v, np.flatnonzero(seg == "3+")),
     }
-    table = fit_routing(data, scorers, model_logits, segments, trained.name, say)
-    # test users: natural histories routed by their segment; the constructed cold view routed as cold
+    return scorers, segments
+
+
+def evaluate_routing(ctx: RunContext, table: "RoutingTable", scorers: "TrainingFreeScorers", model_logits: Callable[..., np.ndarray], view: str) -> dict:
+    """Test metrics of a routing table, overall and per segment: natural histories routed by their
+    segment, the constructed cold view (target history hidden) routed as cold."""
+    from crossrec.adaptation.data import SPLIT_CODES, make_eval_set
+    from crossrec.adaptation.routing import score_rows, segment_of
+
+    data, max_len = ctx.data, ctx.model_cfg.max_len
     users = data.split_users["test"]
     t_m = make_eval_set(data, users, SPLIT_CODES["test"], "mixed", None)
-    t_v = make_eval_set(data, users, SPLIT_CODES["test"], trained.view, max_len)
+    t_v = make_eval_set(data, users, SPLIT_CODES["test"], view, max_len)
     tc_m = make_eval_set(data, users, SPLIT_CODES["test"], "mixed", None, drop_target_history=True)
-    tc_v = make_eval_set(data, users, SPLIT_CODES["test"], trained.view, max_len, drop_target_history=True)
+    tc_v = make_eval_set(data, users, SPLIT_CODES["test"], view, max_len, drop_target_history=True)
     logits, cold_logits = model_logits(t_v), model_logits(tc_v)
     ranks = np.zeros(len(t_m.targets), np.int64)
     t_seg = segment_of(t_m.n_target_hist)
@@ -232,13 +251,12 @@ def build_routing(data: AdaptData, opts: AdaptOptions, trained: Trained, cache: 
     users_seg = segment_metrics(ranks, user_segment_of(t_m.n_target_hist), USER_SEGMENTS)
     users_seg[USER_SEGMENTS[0]] = compute_metrics(cold_ranks)
     counts = ctx.item_train_counts()[t_m.targets]
-    out = {
+    return {
         "test": compute_metrics(ranks),
         "cold": compute_metrics(cold_ranks),
         "segments": {"user": users_seg, "item": segment_metrics(ranks, item_segment_of(counts), ITEM_SEGMENTS)},
         "routes_used": routes_used,
     }
-    return table, scorers, out
 
 
 def rank_rows(scores: np.ndarray, ev, rows: np.ndarray) -> np.ndarray:

@@ -11,8 +11,13 @@ are served well by the model or item-KNN. A route is chosen per segment among
     popularity   training users' target counts
     blend        sum of the row-normalised scores above, weights fitted on the selection set
 
-and a route replaces the reference only when the paired bootstrap CI (selection users) of its gain
-excludes zero; otherwise the reference is kept and the table says so. The blend's selection score
+Each segment has a fallback, the simpler scorer that is kept unless a challenger clearly beats it:
+popularity where the model reads no history for the segment's users (a target-view model on users
+with no target history sees an empty sequence, so it ranks every one of them alike: a learned
+popularity, and counts are the simpler scorer of that kind), the model everywhere else (what
+serving did before routing). A challenger (any other candidate, the model included) replaces the
+fallback only when the paired bootstrap CI (selection users) of its gain over the fallback excludes
+zero; otherwise the fallback is kept and the table says which and why. The blend's selection score
 is cross-fitted (weights fitted on one half of the users, scored on the other, and vice versa), so
 it is not favoured for having been fitted on the users it is judged on.
 
@@ -25,7 +30,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +59,22 @@ class RouteChoice:
     route: str
     n_users: int
     selection_ndcg10: dict[str, float] = field(default_factory=dict)
-    ci_vs_reference: dict[str, dict] = field(default_factory=dict)
+    ci_vs_fallback: dict[str, dict] = field(default_factory=dict)  # each challenger's gain over ``fallback``
     blend_weights: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    fallback: str = REFERENCE  # the route kept when no challenger's CI excludes zero
+    fallback_reason: str = ""
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "RouteChoice":
+        """Read a stored choice, older layouts included: tables written before fallbacks existed
+        held ``ci_vs_reference`` (CIs against the model, their only fallback). Unknown keys are
+        ignored, so a table written by a newer version still loads."""
+        d = dict(d)
+        if "ci_vs_reference" in d and "ci_vs_fallback" not in d:
+            d["ci_vs_fallback"] = d.pop("ci_vs_reference")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
@@ -74,7 +92,7 @@ class RoutingTable:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RoutingTable":
-        return cls({k: RouteChoice(**v) for k, v in d["routes"].items()}, d["strategy"])
+        return cls({k: RouteChoice.from_dict(v) for k, v in d["routes"].items()}, d["strategy"])
 
 
 def _cross_fitted_blend(comps: dict[str, np.ndarray], ev: EvalSet, rows: np.ndarray, anchor: str, seed: int = 0) -> tuple[np.ndarray, dict[str, float]]:
@@ -92,6 +110,37 @@ def _cross_fitted_blend(comps: dict[str, np.ndarray], ev: EvalSet, rows: np.ndar
     return vals, weights
 
 
+SIMPLER = "popularity"  # the fallback where the model reads nothing
+
+
+def fallback_for(ev_model: EvalSet, rows: np.ndarray) -> tuple[str, str]:
+    """The segment's fallback route and why: popularity when the model's view holds no event of
+    any of these users (it then ranks all of them alike, and counts are the simpler scorer of that
+    kind), else the model (also for a segment without selection users: no evidence either way,
+    so serving stays what it was before routing)."""
+    if rows.size == 0:
+        return REFERENCE, "no selection users in this segment: the model, as served before routing"
+    if all(len(ev_model.histories[i]) == 0 for i in rows):
+        return SIMPLER, "the model reads no history for these users (an empty sequence in its view), so popularity is the simpler scorer"
+    return REFERENCE, "the model reads these users' history"
+
+
+def choose_route(per: Mapping[str, np.ndarray], fallback: str) -> tuple[str, dict[str, dict], str]:
+    """(route, each challenger's paired CI against the fallback, reason) from per-user selection
+    NDCG@10: the best challenger replaces ``fallback`` only when its CI excludes zero; a challenger
+    that merely ties the fallback's mean never replaces it."""
+    means = {n: float(v.mean()) for n, v in per.items()}
+    cis = {n: paired_bootstrap(per[n], per[fallback]) for n in per if n != fallback}
+    best = max(cis, key=lambda n: means[n])
+    if means[best] <= means[fallback]:
+        return fallback, cis, f"keeping the fallback {fallback}: no candidate beats it on the selection set"
+    ci = cis[best]
+    interval = f"{ci['rel']:+.1%} (95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}]"
+    if ci["lo"] > 0:
+        return best, cis, f"{best} beats the fallback {fallback} by {interval} excludes zero)"
+    return fallback, cis, f"{best} is {interval} over the fallback {fallback} but its CI includes zero: keeping {fallback}"
+
+
 def fit_routing(
     data: AdaptData,
     scorers: TrainingFreeScorers,
@@ -100,7 +149,7 @@ def fit_routing(
     strategy: str,
     say: Callable[[str], None] = print,
 ) -> RoutingTable:
-    """Choose a route per segment on the selection set.
+    """Choose a route per segment on the selection set (its fallback unless a challenger clearly beats it).
 
     ``segments[seg] = (mixed-view eval set, model-view eval set, rows)``: the two eval sets hold the
     same users in the same order (the model may read only its own view, the scorers read both
@@ -108,8 +157,11 @@ def fit_routing(
     """
     routes: dict[str, RouteChoice] = {}
     for seg, (ev_mixed, ev_model, rows) in segments.items():
+        fallback, why = fallback_for(ev_model, rows)
         if rows.size < 2:
-            routes[seg] = RouteChoice(seg, REFERENCE, int(rows.size), reason="too few selection users: keeping the model")
+            reason = f"too few selection users ({rows.size}): keeping the fallback {fallback}"
+            routes[seg] = RouteChoice(seg, fallback, int(rows.size), reason=reason, fallback=fallback, fallback_reason=why)
+            say(f"route {seg}: {fallback} ({reason}; {why})")
             continue
         hists = [ev_mixed.histories[i] for i in rows]
         comps = {n: normalise_rows(scorers.score(n, hists)) for n in ROUTABLE}
@@ -117,19 +169,10 @@ def fit_routing(
         per: dict[str, np.ndarray] = {n: per_user(rank_scores(c, ev_mixed, rows)) for n, c in comps.items()}
         anchor = max(per, key=lambda n: per[n].mean())
         per["blend"], weights = _cross_fitted_blend(comps, ev_mixed, rows, anchor)
+        route, cis, reason = choose_route(per, fallback)
         means = {n: float(v.mean()) for n, v in per.items()}
-        cis = {n: paired_bootstrap(per[n], per[REFERENCE]) for n in per if n != REFERENCE}
-        best = max(means, key=lambda n: means[n])
-        if best == REFERENCE:
-            route, reason = REFERENCE, "the model is best on the selection set"
-        elif cis[best]["lo"] > 0:
-            route = best
-            reason = f"{best} beats the model by {cis[best]['rel']:+.1%} (95% CI [{cis[best]['lo']:+.4f}, {cis[best]['hi']:+.4f}] excludes zero)"
-        else:
-            route = REFERENCE
-            reason = f"{best} is {cis[best]['rel']:+.1%} over the model but its 95% CI [{cis[best]['lo']:+.4f}, {cis[best]['hi']:+.4f}] includes zero: keeping the model"
-        routes[seg] = RouteChoice(seg, route, int(rows.size), means, cis, weights, reason)
-        say(f"route {seg}: {route} ({reason})")
+        routes[seg] = RouteChoice(seg, route, int(rows.size), means, cis, weights, reason, fallback, why)
+        say(f"route {seg}: {route} ({reason}; fallback {fallback}: {why})")
     return RoutingTable(routes, strategy)
 
 

@@ -62,10 +62,20 @@ class TrainConfig:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as given."""
+    """'auto' -> cuda when available, else cpu; anything else as given, once checked to exist.
+
+    Why check here: asked for a GPU it does not have, torch fails only when the model moves,
+    with an assertion about how torch was compiled; this says what was asked and what to use.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: torch sees no CUDA device (torch.cuda.is_available() is False); use cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:

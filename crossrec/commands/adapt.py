@@ -38,6 +38,7 @@ def adapt(
     item_tower: str = typer.Option("text+id", help="item side: text (adaptor only) | text+id (adds learned ID offsets; new items still text-only)"),
     transfer_view: str = typer.Option("target", help="history the transfer strategies read: target (transfer through shared weights) | mixed (also the user's source history)"),
     threads: int = typer.Option(2, help="torch CPU threads"),
+    device: str | None = typer.Option(None, "--device", help="where training runs: cpu | cuda | cuda:N | auto (cuda when torch sees one); default: settings.adapt.device"),
     run_key: str | None = typer.Option(None, "--run-key", help="idempotence key (e.g. nightly-2026-01-01): if a model was already registered under it, nothing is trained again"),
     selection_users: int = typer.Option(2000, min=0, help="training users whose last target event is held out as the selection set (choices, routes, SASRec's grid); 0 = choose on the validation users"),
     sasrec_grid: str = typer.Option("", help='SASRec hyper-parameter candidates as JSON, e.g. \'[{"lr": 0.001, "dropout": 0.5}, {"lr": 0.003, "max_epochs": 10}]\' (default: TrainConfig.sasrec_grid)'),
@@ -48,7 +49,7 @@ def adapt(
     from crossrec.adaptation.model import ModelConfig
     from crossrec.adaptation.pipeline import AdaptOptions, run_adapt
     from crossrec.adaptation.strategies import resolve
-    from crossrec.adaptation.trainer import TrainConfig
+    from crossrec.adaptation.trainer import TrainConfig, resolve_device
 
     import json
 
@@ -93,10 +94,11 @@ def adapt(
             routing=routing,
             diagnose=diagnose,
             model=ModelConfig(dim=dim, encoder=seq_encoder, item_tower=item_tower),
-            train=TrainConfig(lr=lr, max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives, transfer_view=transfer_view, selection_users=selection_users, **extra_train),
+            train=TrainConfig(lr=lr, max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives, transfer_view=transfer_view, selection_users=selection_users, device=device or settings.adapt.device, **extra_train),
             threads=threads,
             run_key=run_key,
         )
+        resolve_device(opts.train.device)  # before any data is read: a GPU that is not there is a clear error
         results = run_adapt(opts, say=console.print)
     except (ValueError, FileNotFoundError) as exc:
         err_console.print(f"[red]error:[/] {exc}")
