@@ -71,6 +71,7 @@ from crossrec.client import (
     UnknownDomainError,
 )
 from crossrec.keys import SCHEMA_VERSION
+from crossrec.read_cache import ReadCache, read_cache_for
 from crossrec.redis_conn import redis_client
 from crossrec.settings import Settings, get_settings
 
@@ -188,6 +189,7 @@ class _Backend:
         self.sync: RecClient | None = None
         self.aio: AsyncRecClient | None = None
         self.single_connection = False  # inline: switched from the pool to one connection yet?
+        self.cache: ReadCache | None = None  # inline: the hot read's tracked cache (settings.serving.read_cache)
 
     async def start(self) -> None:
         if self.mode == "async":
@@ -196,6 +198,7 @@ class _Backend:
             self.sync = RecClient(self.settings, **self.client_kwargs)
             if self.mode == "inline":
                 self._use_single_connection()
+                self.cache = read_cache_for(self.settings, socket_timeout=self.client_kwargs["socket_timeout"])
 
     def _use_single_connection(self) -> None:
         assert self.sync is not None
@@ -212,6 +215,8 @@ class _Backend:
             await self.aio.close()
         if self.sync is not None:
             self.sync.close()
+        if self.cache is not None:
+            self.cache.close()
 
     async def call_blocking(self, name: str, *args: Any) -> Any:
         """A call that may block for long (Feast's online read): off the event loop in every mode."""
@@ -221,7 +226,10 @@ class _Backend:
         return await run_in_threadpool(getattr(self.sync, name), *args)
 
     async def get_body(self, user_id: str, domain: str, k: int) -> bytes:
-        """The hot read: on the single inline connection, the client's method called directly."""
+        """The hot read: through the read cache when there is one (inline mode), else on the single
+        inline connection, the client's method called directly."""
+        if self.cache is not None:
+            return self.sync.get_body(user_id, domain, k, cache=self.cache)  # type: ignore[union-attr]
         if self.single_connection:
             return self.sync.get_body(user_id, domain, k)  # type: ignore[union-attr]
         return await self.call("get_body", user_id, domain, k)  # type: ignore[no-any-return]
