@@ -23,8 +23,11 @@ client is not told when the subscriber dies). The rules, and why each holds:
    it in the same event-loop pass as the writer's reply (the writer's reply first). A read that
    starts after the writer got its reply can therefore still be served the old value only until
    that push reaches this socket: the time Redis takes between the two ``write(2)`` calls plus
-   delivery, microseconds on loopback (``benchmarks/bench_serving.py`` measures it), longer only
-   if Redis is descheduled between the two writes or the writer is closer to Redis than we are.
+   delivery, microseconds on loopback (``benchmarks/bench_serving.py`` measures it), longer when
+   Redis is descheduled between the two writes (milliseconds on a busy host) or the writer is
+   closer to Redis than we are. Once the writer has had any *later* reply from Redis, the push is
+   in our socket (Redis wrote it before reading the writer's next command), so the next read is
+   fresh, unless our socket's receive buffer was full of unread pushes (thousands of them).
 2. **A value invalidated while its GET was in flight is not stored.** The key is marked in flight
    before the ``GET`` is sent; a push naming it (or a flush, or a reconnect) clears the mark,
    and the reply is stored only if the mark survived. After the reply is read, the pushes that
@@ -202,6 +205,10 @@ class ReadCache:
         self._tracking = False
         self.flush()
         self._conn.disconnect()
+
+    def invalidation_pending(self) -> bool:
+        """True when data (pushes, or end-of-file) waits on the tracked socket (for measurements)."""
+        return self._tracking and bool(self._poll.poll(0))
 
     @property
     def tracking(self) -> bool:
