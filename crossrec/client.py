@@ -9,7 +9,9 @@ Lists are stored ready to serve (:mod:`crossrec.keys`), so the hot path is one `
 pooled connection; ``current_model`` (the pointer serving now) comes from an in-process copy
 refreshed every ``pointer_ttl_s`` (one more ``GET`` per second at most, not per read).
 ``get_body`` returns the HTTP API's JSON bytes for the same read: the stored items are passed
-through as they are (msgspec ``Raw``), only the read-time fields are added.
+through as they are (msgspec ``Raw``), only the read-time fields are added; given a
+:class:`~crossrec.read_cache.ReadCache` (the API's ``inline`` mode), its ``GET``s are answered by
+that tracked in-process cache instead of the connection.
 
 Each read is written once, as a *plan*: a generator that yields the Redis commands it needs and
 receives their replies (``ReadContract``). ``RecClient`` runs plans on a blocking connection,
