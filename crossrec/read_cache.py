@@ -185,7 +185,7 @@ class ReadCache:
         self._tracking = False
         self.flush()
         self.reconnects += 1
-        conn._get_parser().set_invalidation_push_handler(self._on_invalidate)  # type: ignore[attr-defined]
+        conn._get_parser().set_invalidation_push_handler(self._on_invalidate)  # type: ignore[union-attr]  # RESP3 parsers
         try:
             conn.send_command("CLIENT", "TRACKING", "ON")
             reply = conn.read_response()
