@@ -9,7 +9,9 @@ Lists are stored ready to serve (:mod:`crossrec.keys`), so the hot path is one `
 pooled connection; ``current_model`` (the pointer serving now) comes from an in-process copy
 refreshed every ``pointer_ttl_s`` (one more ``GET`` per second at most, not per read).
 ``get_body`` returns the HTTP API's JSON bytes for the same read: the stored items are passed
-through as they are (msgspec ``Raw``), only the read-time fields are added.
+through as they are (msgspec ``Raw``), only the read-time fields are added; given a
+:class:`~crossrec.read_cache.ReadCache` (the API's ``inline`` mode), its ``GET``s are answered by
+that tracked in-process cache instead of the connection.
 
 Each read is written once, as a *plan*: a generator that yields the Redis commands it needs and
 receives their replies (``ReadContract``). ``RecClient`` runs plans on a blocking connection,
@@ -22,7 +24,7 @@ import asyncio
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import msgspec
 import redis
@@ -31,6 +33,9 @@ import redis.asyncio as aioredis
 from crossrec.keys import SCHEMA_VERSION, HistoryEvent, KeySchema, because_text, user_id_problem
 from crossrec.redis_conn import async_redis_client, redis_client
 from crossrec.settings import Settings, mask_url_password
+
+if TYPE_CHECKING:
+    from crossrec.read_cache import ReadCache
 
 MAX_K = 100  # largest k a caller may ask for (lists are published with settings.top_k items)
 MAX_ID_LEN = 128  # longest user id accepted; longer ids are rejected, never truncated
@@ -428,14 +433,14 @@ class RecClient(ReadContract):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self, plan: Generator[Cmd, Any, T]) -> T:
+    def _run(self, plan: Generator[Cmd, Any, T], cache: ReadCache | None = None) -> T:
         r = self.redis
         try:
             cmd = next(plan)
             while True:
                 op = cmd[0]
                 if op == "get":
-                    reply: Any = self._get(r, cmd[1])
+                    reply: Any = self._get(r, cmd[1]) if cache is None else cache.get(cmd[1])
                 elif op == "hget_many":
                     pipe = r.pipeline(transaction=False)
                     for key in cmd[1]:
@@ -480,9 +485,12 @@ class RecClient(ReadContract):
         """The user's top-k in ``domain``; popular items with ``fallback=True`` if they have none."""
         return self._run(self._plan_get(user_id, domain, k))
 
-    def get_body(self, user_id: str, domain: str, k: int = 10) -> bytes:
-        """``get`` as the API's JSON bytes (stored items passed through)."""
-        return self._run(self._plan_get_body(user_id, domain, k))
+    def get_body(self, user_id: str, domain: str, k: int = 10, *, cache: ReadCache | None = None) -> bytes:
+        """``get`` as the API's JSON bytes (stored items passed through).
+
+        With ``cache`` (one thread only), its ``GET``s are answered by the tracked read cache
+        (:mod:`crossrec.read_cache`) instead of this client's connection."""
+        return self._run(self._plan_get_body(user_id, domain, k), cache)
 
     def history(self, user_id: str, limit: int = 20) -> History:
         """The user's most recent events (all domains), newest first, with titles."""

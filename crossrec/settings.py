@@ -184,6 +184,11 @@ class ServingSettings(BaseModel):
     max_id_len: int = Field(default=128, ge=1)
     pointer_ttl_s: float = Field(default=1.0, ge=0)  # how stale `current_model` in a response may be
     redis_timeout_s: float = Field(default=0.5, gt=0)  # bounds how long a stuck Redis holds a request
+    # The hot read (GET /recommendations) answered from an in-process copy kept exact by Redis's
+    # CLIENT TRACKING invalidations (crossrec/read_cache.py); inline mode, non-cluster Redis only.
+    read_cache: bool = True
+    read_cache_max_entries: int = Field(default=10_000, ge=1)
+    read_cache_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     # Publish and the consumer serve a version through its routing table when its artifact has one
     # (`crossrec adapt` fits it); False serves the plain model (a switch back, and a baseline).
     routing: bool = True
