@@ -217,6 +217,10 @@ class StreamingSettings(BaseModel):
     # returned. Past max_pending_events uncommitted events the loop waits for the push; a crash
     # re-delivers the uncommitted events (at most this many plus one poll).
     push_interval_s: float = Field(default=0.25, ge=0)
+    # Run the pushes in a child process (its own Feast store; it reads the users' histories from
+    # Redis itself) instead of on a thread of the consumer, so Feast's Python does not hold the
+    # consumer's interpreter lock. A dead child is replaced and its push redone before any commit.
+    push_process: bool = True
     max_pending_events: int = Field(default=2_000, ge=1)
 
 
