@@ -25,7 +25,7 @@ What it does, against a Redis and a broker it starts itself (``crossrec.services
    touched users' features to Feast's online store (the Feast repo is applied into the work
    dir's registry first if it has none; ``--no-push`` turns the push off for a comparison).
 
-``--push-thread`` runs the consumers' Feast push on a thread instead of the child process;
+``--push-process`` runs the consumers' Feast push in a child process instead of on a thread;
 ``--consumer-env CROSSREC_X=V`` sets a consumer setting; the consumers' ``PYTHONPATH`` is this
 checkout followed by the caller's (how an optional C extension such as ``crc32c``, which
 kafka-python uses for its CRC checks when importable, was measured without installing it).
@@ -346,7 +346,7 @@ def main() -> None:
     parser.add_argument("--baseline-src", type=Path, help="a checkout of an older crossrec: its consumer's max rate too, same run")
     parser.add_argument("--only-max", action="store_true", help="skip the freshness phases")
     parser.add_argument("--no-push", action="store_true", help="consumers do not push user features to Feast")
-    parser.add_argument("--push-thread", action="store_true", help="push on a thread of the consumer, not in a child process")
+    parser.add_argument("--push-process", action="store_true", help="push in a child process, not on a thread of the consumer")
     parser.add_argument("--no-routing", action="store_true", help="consumers serve the plain model of a routed version")
     parser.add_argument("--consumer-env", action="append", default=[], metavar="CROSSREC_X=V",
                         help="a setting of the consumer processes (repeatable), e.g. CROSSREC_STREAMING__FETCH_MAX_WAIT_MS=2")
@@ -367,7 +367,7 @@ def main() -> None:
         redis={"url": f"redis://127.0.0.1:{args.redis_port}/0"},
         kafka={"bootstrap_servers": f"127.0.0.1:{args.kafka_port}", "partitions": 2},
         services={"run_dir": args.work / "run"},
-        streaming={"push_features": not args.no_push, "push_process": not args.push_thread},
+        streaming={"push_features": not args.no_push, "push_process": args.push_process},
         serving={"routing": not args.no_routing},
     )
     services_up(base)
@@ -399,7 +399,7 @@ def main() -> None:
     load_after = os.getloadavg()
 
     title = (f"crossrec stream: {model_note} ({version}, {n_target:,} target items scored per user); "
-             f"{n_events:,} events; {push_note}{' (thread)' if args.push_thread else ''}; routing {'off' if args.no_routing else 'on'}; "
+             f"{n_events:,} events; {push_note}{' (child process)' if args.push_process else ''}; routing {'off' if args.no_routing else 'on'}; "
              f"{' '.join(args.consumer_env) + '; ' if args.consumer_env else ''}load average {load_before[0]:.2f} before / {load_after[0]:.2f} after")
     table = Table(title=title)
     for col in ("measure", "value", "note"):
@@ -420,7 +420,7 @@ def main() -> None:
                   f"{push_ms / max(batch_ms, 1e-9):.0%} of a batch; {s['consumed'] / batches_done:.0f} events/batch; {push_note}")
     if s.get("pushes"):
         busy_ms = 1000 * s["push_busy_s"] / s["pushes"]
-        where = "worker thread" if args.push_thread else "child process"
+        where = "child process" if args.push_process else "worker thread"
         table.add_row(f"feature push to Feast: {where}", f"{busy_ms:.2f} ms per push, {s['pushes']} pushes",
                       f"{s['batches'] / s['pushes']:.2f} batches per push (coalesced); overlaps the next batches")
     console.print(table)

@@ -39,8 +39,8 @@ class _Pushes:
 
 
 def _thread_lane(settings: Settings) -> Settings:
-    """The lane's thread mode, whose push function a test can replace (the child process is
-    tested in test_streaming_pushproc.py)."""
+    """The lane's thread mode (the default, stated here because the test replaces its push
+    function; the child process is tested in test_streaming_pushproc.py)."""
     return settings.model_copy(update={"streaming": settings.streaming.model_copy(update={"push_process": False})})
 
 

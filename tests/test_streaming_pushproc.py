@@ -1,4 +1,4 @@
-"""The Feast push in a child process (``streaming.push_process``, the default): a batch is
+"""The Feast push in a child process (``streaming.push_process``): a batch is
 committed only once the child acknowledged a push carrying its users; a killed child is replaced
 and its push redone before anything it carried is committed; the child dies with the consumer.
 
@@ -41,10 +41,12 @@ USERS = [f"u{n}" for n in range(5)]
 
 @pytest.fixture()
 def settings(services_settings: Settings, redis_client, tmp_path: Path) -> Settings:
-    """Isolated topics and catalogue, a private work dir with an applied Feast registry."""
+    """Isolated topics and catalogue, a private work dir with an applied Feast registry, the
+    push in a child process."""
     from crossrec.features.store import apply
 
     settings = catalogue_settings(services_settings.model_copy(update={"work_dir": tmp_path / "work"}), redis_client)
+    settings = settings.model_copy(update={"streaming": settings.streaming.model_copy(update={"push_process": True})})
     apply(settings)
     return settings
 
@@ -140,7 +142,7 @@ def _running(pid: int) -> bool:
 def test_the_child_exits_when_the_consumer_is_killed(settings: Settings, tmp_path: Path) -> None:
     """kill -9 of a real `crossrec stream` leaves no orphan push child (read from Linux's /proc)."""
     heartbeat = tmp_path / "alive"
-    consumer = spawn_stream(stream_env(settings, heartbeat_file=heartbeat), tmp_path / "consumer.log")
+    consumer = spawn_stream(stream_env(settings, heartbeat_file=heartbeat, push_process="true"), tmp_path / "consumer.log")
     try:
         wait_for(heartbeat.exists, 60, "the consumer's loop (it starts the push child first)")
         children = _children(consumer.pid)
