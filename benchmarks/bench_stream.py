@@ -25,6 +25,11 @@ What it does, against a Redis and a broker it starts itself (``crossrec.services
    touched users' features to Feast's online store (the Feast repo is applied into the work
    dir's registry first if it has none; ``--no-push`` turns the push off for a comparison).
 
+``--push-process`` runs the consumers' Feast push in a child process instead of on a thread;
+``--consumer-env CROSSREC_X=V`` sets a consumer setting; the consumers' ``PYTHONPATH`` is this
+checkout followed by the caller's (how an optional C extension such as ``crc32c``, which
+kafka-python uses for its CRC checks when importable, was measured without installing it).
+
 Run timings on a quiet machine: ``flock /tmp/crossrec-timing.lock python benchmarks/bench_stream.py``.
 The title prints the load average before and after.
 """
@@ -54,6 +59,7 @@ from crossrec.settings import Settings  # noqa: E402
 
 REAL_ITEMS = {"office": 19_757, "art": 18_639}  # the shared data set's catalogue
 SEEDED_HISTORY = 20
+CONSUMER_ENV: dict[str, str] = {}  # --consumer-env: extra settings of the consumer processes
 console = Console()
 
 
@@ -140,14 +146,19 @@ def stream_env(settings: Settings) -> dict[str, str]:
     kafka = settings.kafka
     env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSREC_")}
     env.update({
-        "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        # This checkout first; entries of the caller's PYTHONPATH after it (e.g. an optional C
+        # extension installed elsewhere, to measure it).
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]),
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
         "CROSSREC_WORK_DIR": str(settings.work_dir), "CROSSREC_REDIS__URL": settings.redis.url,
         "CROSSREC_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "CROSSREC_KAFKA__EVENTS_TOPIC": kafka.events_topic,
         "CROSSREC_KAFKA__ITEMS_TOPIC": kafka.items_topic, "CROSSREC_KAFKA__DEAD_LETTER_TOPIC": kafka.dead_letter_topic,
         "CROSSREC_KAFKA__CONSUMER_GROUP": kafka.consumer_group,
         "CROSSREC_STREAMING__PUSH_FEATURES": str(settings.streaming.push_features).lower(),
+        "CROSSREC_STREAMING__PUSH_PROCESS": str(settings.streaming.push_process).lower(),
         "CROSSREC_SERVING__ROUTING": str(settings.serving.routing).lower(),
     })
+    env.update(CONSUMER_ENV)
     return env
 
 
@@ -335,8 +346,12 @@ def main() -> None:
     parser.add_argument("--baseline-src", type=Path, help="a checkout of an older crossrec: its consumer's max rate too, same run")
     parser.add_argument("--only-max", action="store_true", help="skip the freshness phases")
     parser.add_argument("--no-push", action="store_true", help="consumers do not push user features to Feast")
+    parser.add_argument("--push-process", action="store_true", help="push in a child process, not on a thread of the consumer")
     parser.add_argument("--no-routing", action="store_true", help="consumers serve the plain model of a routed version")
+    parser.add_argument("--consumer-env", action="append", default=[], metavar="CROSSREC_X=V",
+                        help="a setting of the consumer processes (repeatable), e.g. CROSSREC_STREAMING__FETCH_MAX_WAIT_MS=2")
     args = parser.parse_args()
+    CONSUMER_ENV.update(kv.split("=", 1) for kv in args.consumer_env)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from crossrec.services import services_down, services_up
 
@@ -352,7 +367,7 @@ def main() -> None:
         redis={"url": f"redis://127.0.0.1:{args.redis_port}/0"},
         kafka={"bootstrap_servers": f"127.0.0.1:{args.kafka_port}", "partitions": 2},
         services={"run_dir": args.work / "run"},
-        streaming={"push_features": not args.no_push},
+        streaming={"push_features": not args.no_push, "push_process": args.push_process},
         serving={"routing": not args.no_routing},
     )
     services_up(base)
@@ -384,7 +399,8 @@ def main() -> None:
     load_after = os.getloadavg()
 
     title = (f"crossrec stream: {model_note} ({version}, {n_target:,} target items scored per user); "
-             f"{n_events:,} events; {push_note}; routing {'off' if args.no_routing else 'on'}; load average {load_before[0]:.2f} before / {load_after[0]:.2f} after")
+             f"{n_events:,} events; {push_note}{' (child process)' if args.push_process else ''}; routing {'off' if args.no_routing else 'on'}; "
+             f"{' '.join(args.consumer_env) + '; ' if args.consumer_env else ''}load average {load_before[0]:.2f} before / {load_after[0]:.2f} after")
     table = Table(title=title)
     for col in ("measure", "value", "note"):
         table.add_column(col)
@@ -404,7 +420,8 @@ def main() -> None:
                   f"{push_ms / max(batch_ms, 1e-9):.0%} of a batch; {s['consumed'] / batches_done:.0f} events/batch; {push_note}")
     if s.get("pushes"):
         busy_ms = 1000 * s["push_busy_s"] / s["pushes"]
-        table.add_row("feature push to Feast: worker thread", f"{busy_ms:.2f} ms per push, {s['pushes']} pushes",
+        where = "child process" if args.push_process else "worker thread"
+        table.add_row(f"feature push to Feast: {where}", f"{busy_ms:.2f} ms per push, {s['pushes']} pushes",
                       f"{s['batches'] / s['pushes']:.2f} batches per push (coalesced); overlaps the next batches")
     console.print(table)
 

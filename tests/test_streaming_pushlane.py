@@ -8,6 +8,7 @@ consumer on a real broker and Redis, whose push is held back until the test rele
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from streaming_support import CatalogueScorer, catalogue_settings, committed_tot
 
 from crossrec.settings import Settings
 from crossrec.streaming.consumer import RecsConsumer
+from crossrec.streaming.faults import PushWorkerLost
 from crossrec.streaming.pushlane import PushLane
 
 
@@ -34,6 +36,12 @@ class _Pushes:
             self.fail -= 1
             raise redis.ConnectionError("online store down")
         self.calls.append(dict(histories))
+
+
+def _thread_lane(settings: Settings) -> Settings:
+    """The lane's thread mode (the default, stated here because the test replaces its push
+    function; the child process is tested in test_streaming_pushproc.py)."""
+    return settings.model_copy(update={"streaming": settings.streaming.model_copy(update={"push_process": False})})
 
 
 def test_batches_queued_during_a_push_are_coalesced_into_the_next_one_newest_first() -> None:
@@ -78,6 +86,32 @@ def test_a_push_failing_on_a_dependency_is_redone_and_its_batches_stay_undone_un
         lane.close()
 
 
+def test_through_a_submit_hook_a_lost_push_is_queued_again_and_acknowledged_only_by_a_later_one() -> None:
+    """The child-process mode's contract: the future is the ack; a lost child is a dependency error."""
+    futures: list[tuple[dict, Future]] = []
+
+    def submit(histories):
+        future: Future = Future()
+        futures.append((dict(histories), future))
+        return future
+
+    lane = PushLane(submit=submit)
+    t1 = lane.add({"u1": ["old"], "u2": ["x"]})
+    lane.poll()
+    t2 = lane.add({"u1": ["new"]})
+    lane.poll()
+    assert len(futures) == 1 and lane.done < t1  # submitted, not acknowledged
+    futures[0][1].set_exception(PushWorkerLost("child killed"))
+    with pytest.raises(PushWorkerLost):
+        lane.poll()
+    assert lane.done < t1
+    lane.poll()  # the retry loop calls again: one push of both batches' users, newest history
+    assert futures[1][0] == {"u1": ["new"], "u2": ["x"]} and lane.done < t1
+    futures[1][1].set_result(0.01)
+    lane.poll()
+    assert lane.done == t2 and lane.pushes == 1
+
+
 def test_a_wait_that_times_out_says_so() -> None:
     pushes = _Pushes()
     lane = PushLane(pushes)
@@ -95,7 +129,7 @@ def test_a_wait_that_times_out_says_so() -> None:
 @pytest.mark.integration
 def test_the_consumer_commits_a_batch_only_after_its_push_returned(services_settings: Settings, redis_client, tmp_path: Path) -> None:
     """Lists are written at once; the offsets wait for the (held) push; nothing is lost meanwhile."""
-    settings = catalogue_settings(services_settings.model_copy(update={"work_dir": tmp_path / "work"}), redis_client)
+    settings = _thread_lane(catalogue_settings(services_settings.model_copy(update={"work_dir": tmp_path / "work"}), redis_client))
     consumer = RecsConsumer(settings, lambda: CatalogueScorer("m1", ["o1", "o2", "o3", "o4"]), poll_timeout_ms=100)
     pushes = _Pushes()
     assert consumer._push_lane is not None
@@ -124,7 +158,7 @@ def test_the_consumer_commits_a_batch_only_after_its_push_returned(services_sett
 def test_a_push_failing_on_redis_holds_the_commit_until_a_later_push_succeeds(
     services_settings: Settings, redis_client, tmp_path: Path
 ) -> None:
-    settings = catalogue_settings(services_settings.model_copy(update={"work_dir": tmp_path / "work"}), redis_client)
+    settings = _thread_lane(catalogue_settings(services_settings.model_copy(update={"work_dir": tmp_path / "work"}), redis_client))
     consumer = RecsConsumer(settings, lambda: CatalogueScorer("m1", ["o1", "o2", "o3", "o4"]), poll_timeout_ms=100)
     pushes = _Pushes()
     pushes.fail = 2

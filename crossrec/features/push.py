@@ -117,8 +117,7 @@ class FeaturePusher:
         if rows.empty:
             return None
         if not self.open():
-            self._warn_once(SKIPPED_NO_REGISTRY, "feature push skipped: no Feast registry (run `crossrec features apply`); counting skipped batches")
-            return self._count(SKIPPED_NO_REGISTRY)
+            return self.skip_no_registry()
         assert self._store is not None
         from feast.data_source import PushMode
 
@@ -130,10 +129,16 @@ class FeaturePusher:
             raise  # Redis is down: the consumer retries the whole batch
         except Exception as exc:  # noqa: BLE001 - a registry/schema problem: the lists still go out
             self._warn_once(f"{FAILED}:{type(exc).__name__}", f"feature push failed ({type(exc).__name__}: {exc}); counting failed batches")
-            return self._count(FAILED)
-        return self._count(PUSHED)
+            return self.count(FAILED)
+        return self.count(PUSHED)
 
-    def _count(self, outcome: str) -> str:
+    def skip_no_registry(self) -> str:
+        """A push skipped because no Feast registry exists: one warning line, every skip counted."""
+        self._warn_once(SKIPPED_NO_REGISTRY, "feature push skipped: no Feast registry (run `crossrec features apply`); counting skipped batches")
+        return self.count(SKIPPED_NO_REGISTRY)
+
+    def count(self, outcome: str) -> str:
+        """Count a push's outcome (also those of pushes run in the push child process)."""
         self.counts[outcome] += 1
         if self.on_outcome is not None:
             self.on_outcome(outcome)

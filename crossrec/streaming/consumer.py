@@ -9,8 +9,8 @@ Per poll (at most ``streaming.max_poll_records`` messages, which bounds a batch'
    script, all in one pipeline (see :mod:`crossrec.streaming.history`);
 3. **score** every touched user of the batch with one matmul over the target catalogue;
 4. **write** every list in one pipeline;
-4b. **push** the touched users' fresh features to Feast (:mod:`crossrec.features.push`), on a
-    worker thread while the next batches are polled and scored (see below);
+4b. **push** the touched users' fresh features to Feast (:mod:`crossrec.features.push`), in a
+    child process (or on a worker thread) while the next batches are polled and scored (see below);
 5. **commit** the batch's offsets, once the dead-letter sends of the batch are confirmed and a
    Feast push carrying its users has returned.
 
@@ -20,8 +20,9 @@ the dedupe script skips an event already applied, and a re-delivered event re-sc
 its user.
 
 The Feast push (tens of ms per batch, mostly Feast's own Python) runs on the push lane
-(:mod:`crossrec.streaming.pushlane`): one worker thread, pushes one at a time and in order,
-batches that arrive during a push merged into the next one. A push starts at most every ``streaming.push_interval_s``. A batch's offsets are committed
+(:mod:`crossrec.streaming.pushlane`): pushes one at a time and in order, batches that arrive
+during a push merged into the next one; the pushes run in a child process with its own Feast
+store (:mod:`crossrec.streaming.pushproc`, ``streaming.push_process``), or on one worker thread. A push starts at most every ``streaming.push_interval_s``. A batch's offsets are committed
 only once a push carrying its users returned; past ``streaming.max_pending_events`` uncommitted
 events the loop waits for the push (so at most that many plus one poll are uncommitted); a crash
 re-delivers them and their users are pushed again. A push that fails on Redis goes back into the next push (newer
@@ -55,7 +56,7 @@ from typing import Any, Protocol
 import numpy as np
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
-from crossrec.features.push import FeaturePusher, parse_histories
+from crossrec.features.push import SKIPPED_NO_REGISTRY, FeaturePusher, parse_histories
 from crossrec.keys import HistoryEvent, KeySchema, RecItem, RecList, route_of
 from crossrec.publish import ItemDisplay, RecWriter
 from crossrec.settings import Settings
@@ -65,6 +66,7 @@ from crossrec.streaming.history import APPLIED, DUPLICATE, OUTSIDE_WINDOW, Histo
 from crossrec.streaming.messages import BadMessage, EventMessage, ItemMessage, parse_event, parse_item
 from crossrec.streaming.metrics import STAGES, ConsumerMetrics
 from crossrec.streaming.pushlane import PushLane
+from crossrec.streaming.pushproc import ChildPush
 
 log = logging.getLogger(__name__)
 
@@ -206,10 +208,14 @@ class RecsConsumer:
         self.heartbeat_file = heartbeat_file
         self.stats = ConsumerStats()
         self.metrics = ConsumerMetrics()
-        self.feature_push = (
-            FeaturePusher(settings, lambda outcome: self.metrics.feature_pushes.labels(outcome).inc()) if cfg.push_features else None
-        )
-        self._push_lane = PushLane(self.feature_push.push, cfg.push_interval_s) if self.feature_push is not None else None
+        self.feature_push: FeaturePusher | ChildPush | None = None
+        self._push_lane: PushLane | None = None
+        if cfg.push_features and cfg.push_process:
+            self.feature_push = ChildPush(settings, self._count_child_push)
+            self._push_lane = PushLane(submit=self.feature_push.submit, min_interval_s=cfg.push_interval_s)
+        elif cfg.push_features:
+            self.feature_push = FeaturePusher(settings, lambda outcome: self.metrics.feature_pushes.labels(outcome).inc())
+            self._push_lane = PushLane(self.feature_push.push, cfg.push_interval_s)
         self._pending: deque[_Pending] = deque()  # processed, not yet committed, oldest first
         self.healthy = False  # becomes True once both dependencies answered
         self._stop = threading.Event()
@@ -261,6 +267,8 @@ class RecsConsumer:
     def close(self) -> None:
         if self._push_lane is not None:
             self._push_lane.close()  # a push in flight finishes; its batches stay uncommitted unless settled
+        if isinstance(self.feature_push, ChildPush):
+            self.feature_push.close()  # the child finishes its push and exits
         for close in (lambda: self.consumer.close(autocommit=False), self.producer.close, self.writer.close):
             try:
                 close()
@@ -280,7 +288,8 @@ class RecsConsumer:
         last_message = started
         self._retrying(lambda: self._maybe_reload_scorer(force=True))
         if self.feature_push is not None:
-            self.feature_push.open()  # Feast's import (seconds) before the first batch, not in it
+            push = self.feature_push
+            self._retrying(lambda: push.open())  # Feast's import (seconds) before the first batch, not in it
         _freeze_heap()
         while not self._stop.is_set():
             poll_started = time.perf_counter()
@@ -337,7 +346,16 @@ class RecsConsumer:
         outcome.stage_s["poll"] = poll_s
         self._pending.append(_Pending(records, outcome, started - poll_s, ticket))
 
-    def _push_histories(self, out: _Batch) -> dict[str, list[HistoryEvent]]:
+    def _count_child_push(self, outcome: str) -> None:
+        """A push's outcome in the child-process mode (a child's answer arrives on the pool's
+        thread, and then the child is up; a skip for want of a registry needs no child)."""
+        self.metrics.feature_pushes.labels(outcome).inc()
+        if outcome != SKIPPED_NO_REGISTRY:
+            self.metrics.dependency_up.labels("push_child").set(1)
+
+    def _push_histories(self, out: _Batch) -> Mapping[str, Sequence[HistoryEvent]]:
+        if isinstance(self.feature_push, ChildPush):
+            return dict.fromkeys(out.touched, ())  # the child reads the users' histories itself
         if out.histories is not None:
             return out.histories
         users = out.touched  # no model scored the batch: read the histories for the push

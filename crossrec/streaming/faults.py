@@ -16,7 +16,14 @@ from typing import Any
 import redis.exceptions as rx
 from kafka.errors import KafkaError
 
-# Every error that means "Redis or the broker is not (fully) there", never "this message is bad".
+
+class PushWorkerLost(RuntimeError):
+    """The Feast push's child process died before it answered (``streaming.push_process``); a
+    new child redoes the push, and nothing it carried is committed before that."""
+
+
+# Every error that means "Redis, the broker or the push child is not (fully) there", never "this
+# message is bad".
 DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     rx.ConnectionError,  # includes refused / reset connections and AuthenticationError
     rx.TimeoutError,
@@ -25,13 +32,16 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     rx.ClusterDownError,
     rx.TryAgainError,
     KafkaError,  # the consumer and the DLQ producer: timeouts, no broker, coordinator moves
+    PushWorkerLost,
 )
 
 DLQ_VALUE_LIMIT = 64 * 1024  # bytes of the original value kept in a dead letter (the rest is cut)
 
 
 def dependency_name(exc: BaseException) -> str:
-    """``redis`` or ``kafka``, for logs and the dependency-error metric."""
+    """``redis``, ``kafka`` or ``push_child``, for logs and the dependency-error metric."""
+    if isinstance(exc, PushWorkerLost):
+        return "push_child"
     return "redis" if isinstance(exc, rx.RedisError) else "kafka"
 
 
