@@ -37,7 +37,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -148,18 +148,3 @@ class FeaturePusher:
         if key not in self._warned:
             self._warned.add(key)
             log.warning(message)
-
-
-def parse_histories(users: Sequence[str], raw: Sequence[Sequence[Any]]) -> dict[str, list[HistoryEvent]]:
-    """Raw newest-first Redis entries -> oldest-first events, unreadable entries left out (the
-    consumer's scoring path reports those; this is for batches scored by no model)."""
-    out: dict[str, list[HistoryEvent]] = {}
-    for user, entries in zip(users, raw):
-        events = []
-        for entry in reversed(entries):
-            try:
-                events.append(HistoryEvent.from_json(entry))
-            except Exception:  # noqa: BLE001, S112 - reported by the scoring path when a model exists
-                continue
-        out[user] = events
-    return out

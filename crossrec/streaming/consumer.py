@@ -56,7 +56,7 @@ from typing import Any, Protocol
 import numpy as np
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
-from crossrec.features.push import SKIPPED_NO_REGISTRY, FeaturePusher, parse_histories
+from crossrec.features.push import SKIPPED_NO_REGISTRY, FeaturePusher
 from crossrec.keys import HistoryEvent, KeySchema, RecItem, RecList, route_of
 from crossrec.publish import ItemDisplay, RecWriter
 from crossrec.settings import Settings
@@ -359,7 +359,7 @@ class RecsConsumer:
         if out.histories is not None:
             return out.histories
         users = out.touched  # no model scored the batch: read the histories for the push
-        return parse_histories(users, self.history.read_histories(users))
+        return self.history.read_events(users, self.decoder)
 
     def _settle(self, wait_all: bool = False) -> None:
         """Commit the oldest pending batches whose pushes are done (all of them with ``wait_all``).

@@ -93,6 +93,11 @@ class HistoryApplier:
             pipe.lrange(self.schema.history(user), 0, -1)
         return pipe.execute()
 
+    def read_events(self, users: Sequence[str], decoder: HistoryDecoder) -> dict[str, list[HistoryEvent]]:
+        """Each user's stored history as events, oldest first, unreadable entries left out: for
+        the Feast push, which has no one to report them to (the scoring path reports them)."""
+        return {user: decoder.decode(raw)[0] for user, raw in zip(users, self.read_histories(users))}
+
 
 _decode = msgspec.json.Decoder().decode
 

@@ -79,10 +79,7 @@ def _ready() -> int:
 def _push_users(users: list[str]) -> tuple[float, str | None]:
     """In the child: read the users' current histories (one round trip) and push them."""
     started = time.perf_counter()
-    raw = _child["history"].read_histories(users)
-    decode = _child["decoder"].decode
-    histories = {user: decode(entries)[0] for user, entries in zip(users, raw)}  # unreadable entries left out
-    outcome = _child["pusher"].push(histories)
+    outcome = _child["pusher"].push(_child["history"].read_events(users, _child["decoder"]))
     return time.perf_counter() - started, outcome
 
 
