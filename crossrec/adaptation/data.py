@@ -372,6 +372,16 @@ def make_eval_set(
     return _eval_set(data, rows, view, max_len, drop_target_history)
 
 
+def valid_key_histories(data: AdaptData) -> tuple[list[list[tuple[str, str]]], list[str]]:
+    """The validation users as a served model reads them: (full mixed-domain key histories,
+    held-out target item ids), for ranking registry versions on today's data."""
+    ev = make_eval_set(data, data.split_users["valid"], SPLIT_CODES["valid"], "mixed", None)
+    keys = data.catalog.keys
+    hists = [[keys[int(g)] for g in h] for h in ev.histories]
+    targets = [keys[int(t) + data.catalog.target_offset][1] for t in ev.targets]
+    return hists, targets
+
+
 def _eval_set(data: AdaptData, rows: list[tuple[str, UserSeq, int]], view: str, max_len: int | None, drop_target_history: bool) -> EvalSet:
     cat = data.catalog
     ids, hists, masks, targets, cold, n_hist = [], [], [], [], [], []

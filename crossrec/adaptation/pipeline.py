@@ -433,7 +433,7 @@ def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep:
     the difference is signal at all: when its CI includes zero the current model is kept, and the
     decision says so.
     """
-    from crossrec.adaptation.data import SPLIT_CODES, make_eval_set
+    from crossrec.adaptation.data import SPLIT_CODES, make_eval_set, valid_key_histories
     from crossrec.adaptation.inference import Recommender
 
     cand_name = results.get("strategy_choice", {}).get("chosen")
@@ -470,23 +470,20 @@ def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep:
 
     version = registry.register(write, manifest)
     say(f"registered {version} ({cand_name}, valid NDCG@10={valid_m['NDCG@10']:.4f})")
+    if not opts.promote:  # the gate below is not run: neither is its re-scoring of the current model
+        return {"registered": version, "strategy": cand_name, "promoted": False, "reason": "--no-promote"}
     current_metric, rescored, ci = None, False, None
     cur = registry.current()
     if cur is not None:
         try:  # re-score the serving model on today's validation data: a fair comparison
             rec = Recommender(cur, registry.path(cur))
-            cur_ev = make_eval_set(data, data.split_users["valid"], SPLIT_CODES["valid"], "mixed", None)
-            hists = [[data.catalog.keys[int(g)] for g in h] for h in cur_ev.histories]
-            tids = [data.catalog.keys[int(t) + data.catalog.target_offset][1] for t in cur_ev.targets]
-            cur_ranks = rec.ranks(hists, tids)
+            cur_ranks = rec.ranks(*valid_key_histories(data))
             current_metric = compute_metrics(cur_ranks)["NDCG@10"]
             rescored = True
             if len(cur_ranks) == len(cand_ranks):
                 ci = paired_bootstrap(per_user(cand_ranks), per_user(cur_ranks))
         except Exception as exc:  # noqa: BLE001 - an unreadable old artifact falls back to its stored number
             say(f"could not re-score current model {cur} ({exc}); using its stored validation metric")
-    if not opts.promote:
-        return {"registered": version, "strategy": cand_name, "promoted": False, "reason": "--no-promote"}
     if ci is not None and ci["includes_zero"] and valid_m["NDCG@10"] > (current_metric or 0.0) + opts.promote_margin:
         why = (f"validation NDCG@10 {valid_m['NDCG@10']:.4f} vs current {cur} {current_metric:.4f}: paired 95% CI of the difference "
                f"[{ci['lo']:+.4f}, {ci['hi']:+.4f}] over {ci['n_users']} users includes zero; keeping {cur}")

@@ -19,22 +19,12 @@ from crossrec.evaluation import compute_metrics, paired_bootstrap, per_user
 METRIC = "NDCG@10"
 
 
-def validation_histories(data) -> tuple[list[list[tuple[str, str]]], list[str]]:  # type: ignore[no-untyped-def]
-    """Today's validation users as (full mixed-domain key histories, held-out target item ids)."""
-    from crossrec.adaptation.data import SPLIT_CODES, make_eval_set
-
-    ev = make_eval_set(data, data.split_users["valid"], SPLIT_CODES["valid"], "mixed", None)
-    keys = data.catalog.keys
-    hists = [[keys[int(g)] for g in h] for h in ev.histories]
-    targets = [keys[int(t) + data.catalog.target_offset][1] for t in ev.targets]
-    return hists, targets
-
-
 def rescore(data, registry, candidate: str, current: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Score both versions on today's validation users; the numbers and the paired CI (cand - cur)."""
+    from crossrec.adaptation.data import valid_key_histories
     from crossrec.adaptation.inference import Recommender
 
-    hists, targets = validation_histories(data)
+    hists, targets = valid_key_histories(data)
     ranks = {v: Recommender(v, registry.path(v)).ranks(hists, targets) for v in dict.fromkeys([candidate, current])}
     cand, cur = ranks[candidate], ranks[current]
     return {
@@ -57,4 +47,4 @@ def summarise(record: dict[str, Any] | None) -> str:
             f"paired 95% CI of the difference [{ci['lo']:+.4f}, {ci['hi']:+.4f}]")
 
 
-__all__ = ["rescore", "summarise", "validation_histories"]
+__all__ = ["rescore", "summarise"]
