@@ -93,7 +93,7 @@ class ReadCache:
         self._sock: Any = None  # the socket tracking was turned on for (redis-py's connection._sock)
         self._inflight: str | None = None  # the key whose GET is in flight
         self._inflight_valid = False  # cleared by an invalidation of that key, a flush or a reconnect
-        self.hits = self.misses = self.invalidations = self.flushes = self.reconnects = 0
+        self.hits = self.misses = self.reconnects = 0
 
     # -- the read -------------------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
@@ -132,9 +132,7 @@ class ReadCache:
         size = _size(key, value)
         if size > self.max_bytes:
             return
-        old = self._entries.pop(key, _ABSENT)
-        if old is not _ABSENT:
-            self._bytes -= _size(key, old)  # type: ignore[arg-type]
+        self._discard(key)
         self._entries[key] = value
         self._bytes += size
         while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
@@ -157,27 +155,27 @@ class ReadCache:
 
     def _on_invalidate(self, message: list[Any]) -> object:
         """RESP3 ``invalidate`` push: ``[b"invalidate", [key, ...]]``, or ``None`` for a flush."""
-        self.invalidations += 1
         keys = message[1] if len(message) > 1 else None
         if keys is None:
             self.flush()
             return _APPLIED
-        entries = self._entries
         for raw in keys:
             key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-            value = entries.pop(key, _ABSENT)
-            if value is not _ABSENT:
-                self._bytes -= _size(key, value)  # type: ignore[arg-type]
+            self._discard(key)
             if key == self._inflight:
                 self._inflight_valid = False
         return _APPLIED
+
+    def _discard(self, key: str) -> None:
+        value = self._entries.pop(key, _ABSENT)
+        if value is not _ABSENT:
+            self._bytes -= _size(key, value)  # type: ignore[arg-type]
 
     def flush(self) -> None:
         """Forget every entry (and the value in flight, if any)."""
         self._entries.clear()
         self._bytes = 0
         self._inflight_valid = False
-        self.flushes += 1
 
     # -- the connection -------------------------------------------------------------------------
     def _on_connect(self, conn: redis.Connection) -> None:
@@ -220,12 +218,11 @@ class ReadCache:
 
     @property
     def size_bytes(self) -> int:
+        """Bytes charged to the entries (keys, values and a per-entry overhead), at most ``max_bytes``."""
         return self._bytes
 
     def close(self) -> None:
-        self._tracking = False
-        self.flush()
-        self._conn.disconnect()
+        self._lost()  # the same steps: nothing is served from memory after it
 
 
 def _size(key: str, value: bytes | None) -> int:
