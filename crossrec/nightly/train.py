@@ -18,11 +18,14 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crossrec.nightly.state import nightly_root, nightly_run_key, read_json, run_dir, write_json
 from crossrec.nightly.strategy import nightly_candidates
 from crossrec.settings import Settings
+
+if TYPE_CHECKING:
+    from crossrec.registry import ModelRegistry
 
 
 def adapt_argv(settings: Settings, ds: str) -> list[str]:
@@ -61,20 +64,17 @@ def todays_data(settings: Settings):  # type: ignore[no-untyped-def]
                            settings.target_domain, split if split.is_file() else None)
 
 
-def earlier_runs(settings: Settings, ds: str, config: list[str]) -> list[Path]:
-    """Earlier nightly run folders (newest first) whose candidate was trained with ``config``."""
+def earlier_runs(settings: Settings, ds: str, config: list[str]) -> list[tuple[Path, dict[str, Any]]]:
+    """Earlier nightly runs (newest first) whose candidate was trained with ``config``: each run's
+    folder and its ``candidates.json`` record."""
     runs = nightly_root(settings) / "runs"
     folders = sorted((p for p in runs.iterdir() if p.is_dir() and p.name != ds), reverse=True) if runs.is_dir() else []
-    return [f for f in folders if (r := read_json(f / "candidates.json")) and r.get("config") == config and r.get("version")]
+    return [(f, r) for f in folders if (r := read_json(f / "candidates.json")) and r.get("config") == config and r.get("version")]
 
 
-def reusable_run(settings: Settings, ds: str, fingerprint: str, config: list[str]) -> dict[str, Any] | None:
-    """The newest earlier nightly run trained with ``config`` on data of ``fingerprint``, if any."""
-    from crossrec.registry import ModelRegistry
-
-    registry = ModelRegistry(Path(settings.work_dir) / "registry")
-    for folder in earlier_runs(settings, ds, config):
-        record = read_json(folder / "candidates.json")
+def reusable_run(registry: ModelRegistry, runs: list[tuple[Path, dict[str, Any]]], fingerprint: str | None) -> dict[str, Any] | None:
+    """The newest of ``runs`` (see ``earlier_runs``) whose candidate was trained on data of ``fingerprint``, if any."""
+    for folder, record in runs:
         try:
             manifest = registry.manifest(record["version"])
         except Exception:  # noqa: BLE001 - a version removed from the registry cannot be reused
@@ -100,10 +100,10 @@ def train_candidates(settings: Settings, ds: str, say=print) -> int:
     folder = run_dir(settings, ds)
     registry = ModelRegistry(Path(settings.work_dir) / "registry")
     done = registry.find_run(nightly_run_key(ds))
-    check_reuse = done is None and bool(earlier_runs(settings, ds, config))
-    data = todays_data(settings) if (check_reuse or registry.current() is not None) else None
+    runs = earlier_runs(settings, ds, config) if done is None else []
+    data = todays_data(settings) if (runs or registry.current() is not None) else None
     fingerprint = data.fingerprint if data is not None else None
-    reuse = reusable_run(settings, ds, fingerprint, config) if check_reuse else None
+    reuse = reusable_run(registry, runs, fingerprint) if runs else None
     if reuse is not None:
         say(f"training data ({fingerprint}) and configuration unchanged since {reuse['ds']}: "
             f"reusing its candidate {reuse['version']}, nothing trained")
@@ -113,7 +113,7 @@ def train_candidates(settings: Settings, ds: str, say=print) -> int:
             write_json(folder / "adapt" / "results.json", previous)
         write_json(folder / "candidates.json", {"config": config, "fingerprint": fingerprint,
                                                 "version": reuse["version"], "reused_from": reuse["ds"]})
-        return _rescore_against_current(settings, ds, data, reuse["version"], say)
+        return _rescore_against_current(settings, registry, ds, data, reuse["version"], say)
     say("running: " + " ".join(shlex.quote(a) for a in argv))
     code = subprocess.run(argv).returncode
     if code != 0:
@@ -123,17 +123,15 @@ def train_candidates(settings: Settings, ds: str, say=print) -> int:
         fingerprint = registry.manifest(version).get("data_fingerprint")
     write_json(folder / "candidates.json", {"config": config, "fingerprint": fingerprint,
                                             "version": version, "reused_from": None})
-    return _rescore_against_current(settings, ds, data, version, say)
+    return _rescore_against_current(settings, registry, ds, data, version, say)
 
 
-def _rescore_against_current(settings: Settings, ds: str, data, candidate: str | None, say) -> int:  # type: ignore[no-untyped-def]
+def _rescore_against_current(settings: Settings, registry: ModelRegistry, ds: str, data, candidate: str | None, say) -> int:  # type: ignore[no-untyped-def]
     """Write ``rescore.json``: tonight's candidate and the current model on today's validation users
     (nothing when no model is served or the candidate already is the current one)."""
     from crossrec.nightly.rescore import rescore, summarise
-    from crossrec.registry import ModelRegistry
 
     path = run_dir(settings, ds) / "rescore.json"
-    registry = ModelRegistry(Path(settings.work_dir) / "registry")
     current = registry.current()
     if data is None or candidate is None or current is None or current == candidate:
         path.unlink(missing_ok=True)
