@@ -330,7 +330,7 @@ class RoutedRecommender(Recommender):
     def __init__(self, version: str, path: Path) -> None:
         super().__init__(version, path)
         rdir = Path(path) / "routing"
-        if not (rdir / "routing.json").is_file():
+        if not has_routing(path):
             raise FileNotFoundError(f"{path} has no routing table (routing/routing.json); it was registered before routing existed")
         self.table = RoutingTable.from_dict(json.loads((rdir / "routing.json").read_text()))
         import pandas as pd
@@ -441,7 +441,3 @@ def has_routing(path: Path) -> bool:
     """Whether a registered artifact carries a routing table (artifacts registered before
     routing existed, or fitted with ``--no-routing``, do not)."""
     return (Path(path) / "routing" / "routing.json").is_file()
-
-
-def load_routed(version: str, path: Path) -> RoutedRecommender:
-    return RoutedRecommender(version, path)
