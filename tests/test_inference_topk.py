@@ -122,13 +122,31 @@ def test_batched_explanations_equal_the_per_user_ones() -> None:
     assert explain(rec.vectors_for([("office", "o1")]), rec.vectors_for(histories["twins"]), ["a4", "a6"]) == ["a6"]
 
 
-def test_user_states_read_each_history_as_bos_then_its_items_with_their_domains() -> None:
-    """The scatter that builds the batch's token and domain matrices, against a plain per-row build."""
+def _reference_rows(rec: Recommender, history: list[tuple[str, str]]) -> tuple[list[int], int]:
+    """A plain per-event build of the model's input: the view's known items, the last max_len - 1;
+    and how many of the view's items were unknown."""
+    rows, unknown = [], 0
+    for domain, item_id in history:
+        if rec.view == "target" and domain != rec.target_domain:
+            continue
+        if (domain, item_id) not in rec._index:
+            unknown += 1
+            continue
+        rows.append(rec._index[(domain, item_id)])
+    return rows[-(rec.max_len - 1) :], unknown
+
+
+@pytest.mark.parametrize("view", ["mixed", "target"])
+def test_user_states_read_each_history_as_bos_then_its_items_with_their_domains(view: str) -> None:
+    """The vectorised build of the batch's token and domain matrices, against a plain per-row build."""
     from crossrec.adaptation.data import BOS_DOMAIN_ID
 
     rec = _small_model_recommender()
+    rec.view = view
     hs = list(_histories(rec, 40).values())
-    rows = [rec._rows(h) for h in hs]
+    hs.append([("art", "gone")] * 3 + [("office", f"o{i}") for i in range(30)])  # truncated, unknown first
+    built = [_reference_rows(rec, h) for h in hs]
+    rows = [r for r, _ in built]
     L = max(len(r) for r in rows) + 1
     tok = torch.zeros(len(rows), L, dtype=torch.int64)
     dom = torch.zeros(len(rows), L, dtype=torch.int64)
@@ -140,6 +158,10 @@ def test_user_states_read_each_history_as_bos_then_its_items_with_their_domains(
     lengths = torch.as_tensor([len(r) + 1 for r in rows])
     with torch.no_grad():
         expected = rec.model.user_states(rec._vecs[tok], dom, lengths)[torch.arange(len(rows)), lengths - 1]
+    rec.unknown_items = 0
     states, _ = rec._user_states(hs)
     assert torch.equal(states, expected)
+    assert rec.unknown_items == sum(u for _, u in built) > 0
     assert any(len(r) == 0 for r in rows) and any(len(r) == rec.max_len - 1 for r in rows)  # empty and truncated
+    read_domains = {rec._keys[row][0] for r in rows for row in r}
+    assert read_domains == ({"office"} if view == "target" else {"art", "office"})  # the view decides what is read

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -122,33 +121,46 @@ class Recommender:
             return self._vecs[torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))].numpy()
 
     # ------------------------------------------------------------------ scoring
-    def _rows(self, history: History) -> list[int]:
-        rows = []
-        for domain, item_id in history:
-            if self.view == "target" and domain != self.target_domain:
-                continue
-            r = self._index.get((domain, item_id))
-            if r is None:
-                self.unknown_items += 1
-                continue
-            rows.append(r)
-        return rows[-(self.max_len - 1) :] if self.max_len > 1 else []
+    def look_up(self, histories: Sequence[History]) -> tuple[np.ndarray, np.ndarray]:
+        """(index row of every history event, -1 if unknown; whether it is a target-domain event),
+        over the histories' events in order. One dictionary pass per batch, which the routed
+        model shares between its segments, its masks and the model's input."""
+        keys = [key for h in histories for key in h]
+        target = self.target_domain
+        return self.rows_for(keys), np.fromiter((d == target for d, _ in keys), bool, len(keys))
+
+    def _input_rows(self, histories: Sequence[History], looked_up: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(the model's input rows of all histories, concatenated; how many per history): each
+        history's known items of the model's view (unknown ones skipped and counted in
+        ``unknown_items``), its last ``max_len - 1`` (the first place is BOS)."""
+        rows, is_target = self.look_up(histories) if looked_up is None else looked_up
+        sizes = np.fromiter((len(h) for h in histories), np.int64, len(histories))
+        user = np.repeat(np.arange(len(histories)), sizes)
+        in_view = is_target if self.view == "target" else np.ones(rows.size, bool)
+        self.unknown_items += int((in_view & (rows < 0)).sum())
+        keep = np.flatnonzero(in_view & (rows >= 0))
+        counts = np.bincount(user[keep], minlength=len(histories))
+        # the place of each kept row counted from its history's end: the last max_len - 1 stay
+        from_end = counts[user[keep]] - 1 - (np.arange(keep.size) - np.repeat(np.cumsum(counts) - counts, counts))
+        keep = keep[from_end < max(self.max_len - 1, 0)]
+        return rows[keep], np.bincount(user[keep], minlength=len(histories))
 
     @torch.no_grad()
-    def _user_states(self, histories: Sequence[History]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _user_states(self, histories: Sequence[History], looked_up: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(users, dim) user states f_u after each history, and the target matrix of the same moment.
 
         Both come from one snapshot under the lock, so an item added meanwhile cannot shift the
-        columns between them.
+        columns between them. ``looked_up``: the batch's ``look_up`` when the caller has it (rows
+        only ever get appended, so rows read before the snapshot are rows of it).
         """
         with self._lock:
             vecs, target_mat, dom_codes = self._vecs, self._target_mat, self._dom_codes
-            rows = [self._rows(h) for h in histories]
-        n = len(rows)
-        sizes = torch.as_tensor([len(r) for r in rows], dtype=torch.int64)
+            flat_rows, row_counts = self._input_rows(histories, looked_up)
+        n = len(histories)
+        sizes = torch.from_numpy(row_counts)
         L = int(sizes.max()) + 1 if n else 1
         # [BOS, row ids..., padding 0] per user, filled with one scatter rather than a copy per user.
-        flat = torch.as_tensor(list(chain.from_iterable(rows)), dtype=torch.int64)
+        flat = torch.from_numpy(flat_rows)
         user = torch.repeat_interleave(torch.arange(n), sizes)
         starts = torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
         tok = torch.zeros(n, L, dtype=torch.int64)
@@ -163,9 +175,9 @@ class Recommender:
         return h[torch.arange(n), lengths - 1], target_mat
 
     @torch.no_grad()
-    def _logits(self, histories: Sequence[History], scratch: torch.Tensor | None = None) -> np.ndarray:
+    def _logits(self, histories: Sequence[History], scratch: torch.Tensor | None = None, looked_up: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """The model's logits of the histories, in fresh memory or over ``scratch`` (``_scratch``)."""
-        states, target_mat = self._user_states(histories)
+        states, target_mat = self._user_states(histories, looked_up)
         out = None if scratch is None else self._scratch(scratch, len(histories), target_mat.shape[0])
         return self.model.logits(states, target_mat, out).numpy()
 
@@ -231,8 +243,13 @@ class Recommender:
         The whole batch is one matmul, as before: BLAS may round a row differently when it is
         computed in a block of another size, and the lists must not depend on such blocking.
         """
+        return self._top_many(self._buffered_logits(histories), masks, k)
+
+    def _buffered_logits(self, histories: Sequence[History], looked_up: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """The logits of ``histories`` in this thread's reused buffer (``_scratch``): valid until
+        this thread scores its next batch."""
         flat = getattr(self._buffers, "flat", None)
-        return self._top_many(self._logits(histories, flat if flat is not None else torch.empty(0)), masks, k)
+        return self._logits(histories, flat if flat is not None else torch.empty(0), looked_up)
 
     def score_history(self, history: History, k: int, exclude: Iterable[str] | None = None) -> list[tuple[str, float]]:
         """Top-k target items for one user history; already-seen target items are never returned."""

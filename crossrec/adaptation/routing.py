@@ -39,7 +39,7 @@ import torch
 from crossrec.adaptation.baselines import ItemKNN
 from crossrec.adaptation.data import SOURCE, TARGET, AdaptData, EvalSet
 from crossrec.adaptation.inference import History, Recommender
-from crossrec.adaptation.scorers import ROUTABLE, TrainingFreeScorers, blend, fit_blend, ndcg_objective, normalise_rows, rank_scores
+from crossrec.adaptation.scorers import ROUTABLE, TrainingFreeScorers, blend, fit_blend, ndcg_objective, normalise_rows, normalise_rows_, rank_scores
 from crossrec.evaluation import paired_bootstrap, per_user
 from crossrec.keys import RoutedItems
 
@@ -338,8 +338,14 @@ class RoutedRecommender(Recommender):
         items = pd.read_parquet(Path(path) / "items.parquet", columns=["domain_code"])
         dom = items["domain_code"].to_numpy().astype(np.int8)
         offsets = {d: int(np.flatnonzero(dom == d)[0]) if (dom == d).any() else 0 for d in (SOURCE, TARGET)}
-        # (domain, item_id) -> (domain code, index local to that domain), as the scorers were fitted
-        self._local = {key: (int(dom[g]), g - offsets[int(dom[g])]) for key, g in self._index.items() if g < len(dom) and dom[g] in (SOURCE, TARGET)}
+        # Per index row: its domain code and its index local to that domain, as the scorers were
+        # fitted (-1: neither, e.g. the padding row); rows added later (streamed items) lie past the end.
+        self._local_dom = np.full(len(dom), -1, np.int8)
+        self._local_idx = np.full(len(dom), -1, np.int64)
+        for d in (SOURCE, TARGET):
+            at = np.flatnonzero(dom == d)
+            at = at[at > 0]
+            self._local_dom[at], self._local_idx[at] = d, at - offsets[d]
         self._pop = normalise_rows(np.load(rdir / "popularity.npy").astype(np.float32)[None, :])
         self._knn = {name: _load_knn(rdir / f"{name}.npz") for name in ("item_knn", "source_cooc")}
         self._knn_t = {name: (_sparse_t(m.by_user), _sparse_t(m.by_item)) for name, m in self._knn.items()}
@@ -353,73 +359,102 @@ class RoutedRecommender(Recommender):
             return REFERENCE, {}
         return choice.route, ({n: w for n, w in choice.blend_weights.items() if w} if choice.route == "blend" else {})
 
-    def _training_free(self, name: str, histories: Sequence[History]) -> np.ndarray | SparseScores:
+    def _training_free(self, name: str, users: np.ndarray, rows: np.ndarray, n_users: int) -> np.ndarray | SparseScores:
         """Row-normalised scores of one training-free scorer over the trained target items:
-        popularity is one row (the same for every user), co-occurrence scorers are sparse."""
+        popularity is one row (the same for every user), co-occurrence scorers are sparse.
+        ``users``/``rows``: the user and index row (-1: unknown) of every history event."""
         if name == "popularity":
             return self._pop
         want = TARGET if name == "item_knn" else SOURCE
-        rows: list[int] = []
-        cols: list[int] = []
-        for u, h in enumerate(histories):
-            for key in h:
-                hit = self._local.get(key)
-                if hit is not None and hit[0] == want:
-                    rows.append(u)
-                    cols.append(hit[1])
+        fitted = (rows >= 0) & (rows < self._local_dom.size)
+        hit = np.flatnonzero(fitted)
+        hit = hit[self._local_dom[rows[hit]] == want]
         by_user_t, by_item_t = self._knn_t[name]
-        return knn_scores(by_user_t, by_item_t, np.asarray(rows, np.int64), np.asarray(cols, np.int64), len(histories)).normalised()
+        return knn_scores(by_user_t, by_item_t, users[hit], self._local_idx[rows[hit]], n_users).normalised()
 
-    def _route_scores(self, route: str, weights: dict[str, float], histories: Sequence[History], n_now: int) -> np.ndarray:
+    def _route_scores(
+        self, route: str, weights: dict[str, float], histories: Sequence[History], users: np.ndarray, looked_up: tuple[np.ndarray, np.ndarray], n_now: int
+    ) -> np.ndarray:
         """(users, n_now target items) float32 scores of ``route``; items added since training
-        take the training-free scorers' lowest score (0 after normalisation)."""
-        out: torch.Tensor | None = None
-        sparse: list[tuple[SparseScores, float]] = []
-        for name, w in (weights if route == "blend" else {route: 1.0}).items():
+        take the training-free scorers' lowest score (0 after normalisation). ``users`` and
+        ``looked_up`` (``look_up`` of ``histories``) give every history event's user and row.
+
+        The matrix is this thread's scratch buffer (the model's logits are computed into it and
+        normalised there; a blend without the model starts from it zeroed), so it is valid until
+        the thread scores its next batch; every part is added into it in place, the dense parts
+        first, then the sparse ones.
+        """
+        parts = weights if route == "blend" else {route: 1.0}
+        n = len(histories)
+        if REFERENCE in parts:
+            full = normalise_rows_(torch.from_numpy(self._buffered_logits(histories, looked_up)))
+            if parts[REFERENCE] != 1.0:
+                full.mul_(parts[REFERENCE])
+        else:
+            flat = getattr(self._buffers, "flat", None)
+            full = self._scratch(flat if flat is not None else torch.empty(0), n, n_now).zero_()
+        out = full[:, :n_now]  # the model's logits may hold items added after ``n_now`` was read
+        for name, w in parts.items():
             if name == REFERENCE:
-                m = normalise_rows(self.logits(histories))[:, :n_now]
-            else:
-                m = self._training_free(name, histories)
+                continue
+            m = self._training_free(name, users, looked_up[0], n)
             if isinstance(m, SparseScores):
-                sparse.append((m, w))  # added after the dense parts, entry by entry
-                continue
-            if out is None and w == 1.0 and name != "popularity" and m.shape == (len(histories), n_now) and m.flags.c_contiguous:
-                out = torch.from_numpy(m)  # a fresh array of this call (not the shared popularity row): no zeros + add
-                continue
-            if out is None:
-                out = torch.zeros(len(histories), n_now)
-            out[:, : m.shape[1]].add_(torch.from_numpy(m), alpha=w)  # popularity's one row broadcasts
-        if out is None:
-            out = torch.zeros(len(histories), n_now)
-        dense = out.numpy()
-        for m, w in sparse:
-            dense[m.rows, m.cols] += np.float32(w) * m.values  # (row, col) pairs are unique
-        return dense
+                # (row, col) pairs are unique: one scatter-add over the flat buffer
+                at = torch.from_numpy(m.rows * full.shape[1] + m.cols)
+                full.view(-1).index_add_(0, at, torch.from_numpy(m.values), alpha=w)
+            else:
+                out[:, : m.shape[1]].add_(torch.from_numpy(m), alpha=w)  # popularity's one row broadcasts
+        return out.numpy()
+
+    def _popular_top(self, masks: Sequence[np.ndarray], k: int, n_now: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The popularity route's top-k per user without a (users, items) matrix: every user has
+        the same scores, so one ranked row long enough to outlast any user's mask serves all;
+        each user takes its first ``k`` unmasked entries (the same list the masked matrix gives)."""
+        row = np.zeros((1, n_now), np.float32)
+        row[0, : self._pop.shape[1]] = self._pop[0, :n_now]
+        longest = max((m.size for m in masks), default=0)
+        idx, val, _ = top_k_rows(row, k + longest)
+        out_idx, out_val = [], []
+        for m in masks:
+            keep = ~np.isin(idx[0], m)
+            out_idx.append(idx[0][keep][:k])
+            out_val.append(val[0][keep][:k])
+        return out_idx, out_val
 
     def _routed(self, histories: Sequence[History], k: int, excludes: Sequence[Iterable[str]] | None = None) -> list[RoutedItems]:
         with self._lock:
-            ids, pos = list(self._target_ids), dict(self._target_pos)
+            ids, target_rows, n_keys = list(self._target_ids), self._target_rows.copy(), len(self._keys)
+            pos = dict(self._target_pos) if excludes is not None else {}
         n_now = len(ids)
-        segs = segment_of(np.asarray([sum(1 for d, _ in h if d == self.target_domain) for h in histories], np.int64))
+        col_of_row = np.full(n_keys, -1, np.int64)
+        col_of_row[target_rows] = np.arange(n_now)
+        sizes = np.fromiter((len(h) for h in histories), np.int64, len(histories))
+        users = np.repeat(np.arange(len(histories)), sizes)
+        rows, is_target = self.look_up(histories)
+        segs = segment_of(np.bincount(users[is_target], minlength=len(histories)))
+        # the columns each user already has (target history, plus ``excludes``): masked from the lists
+        seen_col = np.where(is_target & (rows >= 0) & (rows < n_keys), col_of_row[np.clip(rows, 0, n_keys - 1)], -1)
+        masks = _split(users, seen_col, len(histories))
+        if excludes is not None:
+            masks = [np.union1d(m, [pos[x] for x in ex if x in pos]).astype(np.int64) for m, ex in zip(masks, excludes)]
         out: list[RoutedItems] = [RoutedItems()] * len(histories)
         for seg in np.unique(segs):
             members = np.flatnonzero(segs == seg)
             route, weights = self.route_of_segment(str(seg))
-            hs = [histories[i] for i in members]
-            scores = self._route_scores(route, weights, hs, n_now)
-            mr: list[int] = []
-            mc: list[int] = []
+            seg_masks = [masks[i] for i in members]
+            if route == "popularity":
+                top_idx, top_val = self._popular_top(seg_masks, k, n_now)
+            else:
+                in_seg = np.isin(users, members)
+                looked_up = (rows[in_seg], is_target[in_seg])
+                scores = self._route_scores(route, weights, [histories[i] for i in members], np.searchsorted(members, users[in_seg]), looked_up, n_now)
+                lens = [m.size for m in seg_masks]
+                scores[np.repeat(np.arange(len(members)), lens), np.concatenate(seg_masks) if seg_masks else np.zeros(0, np.int64)] = -np.inf
+                idx, val, keep = top_k_rows(scores, k)
+                top_idx = [idx[r, : keep[r]] for r in range(len(members))]
+                top_val = [val[r, : keep[r]] for r in range(len(members))]
             for r, i in enumerate(members):
-                seen = {iid for d, iid in histories[i] if d == self.target_domain}
-                if excludes is not None:
-                    seen |= set(excludes[i])
-                cols = [pos[x] for x in seen if x in pos]
-                mr += [r] * len(cols)
-                mc += cols
-            scores[mr, mc] = -np.inf
-            idx, val, keep = top_k_rows(scores, k)
-            for r, i in enumerate(members):
-                out[i] = RoutedItems([(ids[j], float(v)) for j, v in zip(idx[r, : keep[r]], val[r, : keep[r]])], route)
+                out[i] = RoutedItems([(ids[j], float(v)) for j, v in zip(top_idx[r], top_val[r])], route)
         return out
 
     def score_history(self, history: History, k: int, exclude: Iterable[str] | None = None) -> list[tuple[str, float]]:
@@ -435,6 +470,14 @@ class RoutedRecommender(Recommender):
             chunk = users[s : s + batch_size]
             out.update(zip(chunk, self._routed([histories[u] for u in chunk], k)))
         return out
+
+
+def _split(users: np.ndarray, cols: np.ndarray, n_users: int) -> list[np.ndarray]:
+    """Per user (``users`` sorted ascending, as a batch's events are), the distinct columns >= 0."""
+    keep = cols >= 0
+    u, c = users[keep], cols[keep]
+    bounds = np.searchsorted(u, np.arange(n_users + 1))
+    return [np.unique(c[bounds[i] : bounds[i + 1]]) for i in range(n_users)]
 
 
 def has_routing(path: Path) -> bool:
