@@ -102,7 +102,10 @@ def test_recentring_moves_the_target_mean_onto_the_source_mean_only(data) -> Non
     emb = model.items.emb
     src_before = emb[cat.source_offset : cat.target_offset].clone()
     spread_before = emb[cat.target_offset :] - emb[cat.target_offset :].mean(0)
+    catalogue_before = data.catalog.embeddings.copy()
     recentre_target(model, data)
+    np.testing.assert_array_equal(data.catalog.embeddings, catalogue_before)  # the shared table is untouched
+    emb = model.items.emb
     assert torch.equal(emb[cat.source_offset : cat.target_offset], src_before)
     assert torch.allclose(emb[cat.target_offset :].mean(0), src_before.mean(0), atol=1e-5)
     assert torch.allclose(emb[cat.target_offset :] - emb[cat.target_offset :].mean(0), spread_before, atol=1e-5)  # a shift, not a rescale

@@ -58,6 +58,7 @@ VARIANTS: dict[str, ZeroShotVariant] = {
         ZeroShotVariant("base"),  # the registered zero_shot strategy (plus the epoch-0 candidate)
         ZeroShotVariant("base_mixed", view="mixed"),
         ZeroShotVariant("frozen_adaptor", trainable="encoder"),
+        ZeroShotVariant("frozen_mixed", trainable="encoder", view="mixed"),
         ZeroShotVariant("recentred", recentre_target=True),
         ZeroShotVariant("frozen_recentred", trainable="encoder", recentre_target=True),
         ZeroShotVariant("text_tower", item_tower="text"),
@@ -78,10 +79,11 @@ def recentre_target(model: CrossDomainModel, data: AdaptData) -> None:
     source mean uses item texts only (no target interaction), so it is allowed in a new domain.
     """
     cat = data.catalog
-    emb = model.items.emb
+    emb = model.items.emb.clone()  # the buffer shares memory with the catalogue: never shift that
     src = emb[cat.source_offset : cat.target_offset]
     tgt = emb[cat.target_offset :]
     emb[cat.target_offset :] = tgt - tgt.mean(0) + src.mean(0)
+    model.items.emb = emb
 
 
 @dataclass
