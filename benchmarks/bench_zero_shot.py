@@ -56,7 +56,7 @@ from crossrec.adaptation.zero_shot import VARIANTS, in_domain_ndcg, mix_weight, 
 from crossrec.diagnose import training_sequences  # noqa: E402
 from crossrec.evaluation import paired_bootstrap, per_user  # noqa: E402
 
-console = Console(width=170)
+console = Console(width=230)
 # The comparators: training-free scorers of the same histories that need no target interactions.
 COMPARATORS = ("text_last_target", "text_recent_target", "text_last_any", "text_recent_any", "text_source", "source_cooc")
 REFERENCE_ONLY = ("popularity", "item_knn")  # need target interactions: shown, never a comparator
@@ -220,44 +220,50 @@ def report(outdir: Path) -> dict:
                               f"target 1.5x: {'met' if c['ratio_test'] >= 1.5 and c['ratio_select'] >= 1.5 else 'NOT met'}")
     _dump(outdir / "summary.json", summary)
 
-    t = Table(title=f"zero-shot configurations (chosen on {sig['n_select']} selection users; test = {sig['n_test']} test users; ratio vs {comp})")
-    for col in ("configuration", "best epoch", "a (text)", "selection", "test", "test ratio [95% CI]", *SEGS, "on Art: model / text"):
-        t.add_column(col, justify="right" if col != "configuration" else "left")
-    for name, c in sorted(summary["configs"].items(), key=lambda kv: -kv[1]["select"]):
-        seg, src = c["segments"], c["on_source"]
-        t.add_row(("* " if name == summary.get("chosen") else "") + name, str(c["best_epoch"]), f"{c['alpha']:.2f}", f"{c['select']:.4f}", f"{c['test']:.4f}",
-                  f"{c['ratio_test']:.2f} [{c['ci_ratio_test'][0]:.2f}, {c['ci_ratio_test'][1]:.2f}]", *[f"{seg[s]['NDCG@10']:.4f}" for s in SEGS],
-                  f"{src['model']:.4f} / {src['text_last']:.4f}")
-    console.print(t)
-    f = Table(title="training-free scorers (comparators; popularity / item-KNN need target interactions: reference only)")
-    for col in ("scorer", "selection", "test", *SEGS):
-        f.add_column(col, justify="right" if col != "scorer" else "left")
-    for name, s in sorted(sig["signals"].items(), key=lambda kv: -kv[1]["select"]):
-        f.add_row(("* " if name == comp else "") + name, f"{s['select']:.4f}", f"{s['test']:.4f}", *[f"{s['segments'][g]['NDCG@10']:.4f}" for g in SEGS])
-    console.print(f)
-    w = Table(title="why: where the next-office-item signal lives (test users)")
-    w.add_column("measurement", justify="left")
-    w.add_column("NDCG@10", justify="right")
-    w.add_column("x comparator", justify="right")
-    w.add_column("note", justify="left")
-    base = summary["comparator_test"]
-    w.add_row("1.5x the comparator (the target)", f"{1.5 * base:.4f}", "1.50", "")
-    for k, v in sig["text_ceiling"].items():
-        w.add_row(f"text ceiling: {k}", f"{v['NDCG@10']:.4f}", f"{v['NDCG@10'] / base:.2f}", f"Recall@10 {v['Recall@10']:.3f}")
-    for k, v in refs.items():
-        w.add_row(f"target-trained: {k}", f"{v['test']:.4f}", f"{v['test'] / base:.2f}", "uses target interactions")
-    for k in REFERENCE_ONLY:
-        w.add_row(f"target-trained: {k}", f"{sig['signals'][k]['test']:.4f}", f"{sig['signals'][k]['test'] / base:.2f}", "uses target interactions")
-    console.print(w)
+    n_seg = {g: sig["signals"][comp]["segments"][g]["n_users"] for g in SEGS}
+    seg_cols = [f"{g} (n={n_seg[g]})" for g in SEGS]
+    tables = [
+        (f"zero-shot configurations (chosen on {sig['n_select']} selection users; test = {sig['n_test']} test users; ratio vs {comp})",
+         ["configuration", "best epoch", "a (text)", "selection", "test", "test ratio [95% CI]", *seg_cols, "on Art: model / text"],
+         [[("* " if name == summary.get("chosen") else "") + name, str(c["best_epoch"]), f"{c['alpha']:.2f}", f"{c['select']:.4f}", f"{c['test']:.4f}",
+           f"{c['ratio_test']:.2f} [{c['ci_ratio_test'][0]:.2f}, {c['ci_ratio_test'][1]:.2f}]", *[f"{c['segments'][g]['NDCG@10']:.4f}" for g in SEGS],
+           f"{c['on_source']['model']:.4f} / {c['on_source']['text_last']:.4f}"]
+          for name, c in sorted(summary["configs"].items(), key=lambda kv: -kv[1]["select"])]),
+        ("training-free scorers (comparators; popularity / item-KNN need target interactions: reference only)",
+         ["scorer", "selection", "test", *seg_cols],
+         [[("* " if name == comp else "") + name, f"{s['select']:.4f}", f"{s['test']:.4f}", *[f"{s['segments'][g]['NDCG@10']:.4f}" for g in SEGS]]
+          for name, s in sorted(sig["signals"].items(), key=lambda kv: -kv[1]["select"])]),
+        ("why: where the next-target-item signal lives (test users)", ["measurement", "NDCG@10", "x comparator", "note"], why_rows(sig, refs, summary["comparator_test"])),
+        ("pretraining length: target validation NDCG@10 after each source epoch (0 = untrained, whitened)", ["variant", "by epoch"],
+         [[n, " ".join(f"{e}:{x:.4f}" for e, x in [(0, v["epoch0_valid"])] + [(lg["epoch"], lg["valid"]) for lg in v["epochs"]])] for n, v in variants.items()]),
+    ]
+    md = []
+    for title, cols, rows in tables:
+        t = Table(title=title)
+        for k, col in enumerate(cols):
+            t.add_column(col, justify="left" if k == 0 else "right")
+        for r in rows:
+            t.add_row(*r)
+        console.print(t)
+        md += [f"**{title}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
     if "verdict" in summary:
         console.print(summary["verdict"])
-    lines = ["| configuration | best epoch | a | selection | test | ratio [95% CI] | " + " | ".join(SEGS) + " | on Art model / text |", "|---" * (9 + len(SEGS) - 3) + "|"]
-    for name, c in sorted(summary["configs"].items(), key=lambda kv: -kv[1]["select"]):
-        seg, src = c["segments"], c["on_source"]
-        lines.append(f"| {name} | {c['best_epoch']} | {c['alpha']:.2f} | {c['select']:.4f} | {c['test']:.4f} | {c['ratio_test']:.2f} [{c['ci_ratio_test'][0]:.2f}, {c['ci_ratio_test'][1]:.2f}] | "
-                     + " | ".join(f"{seg[s]['NDCG@10']:.4f}" for s in SEGS) + f" | {src['model']:.4f} / {src['text_last']:.4f} |")
-    (outdir / "summary.md").write_text("\n".join(lines) + "\n\n" + summary.get("verdict", "") + "\n")
+        md.append(summary["verdict"])
+    (outdir / "summary.md").write_text("\n".join(md) + "\n")
     return summary
+
+
+def why_rows(sig: dict, refs: dict, base: float) -> list[list[str]]:
+    rows = [["1.5x the comparator (the target)", f"{1.5 * base:.4f}", "1.50", ""]]
+    for k, v in sig["text_ceiling"].items():
+        note = f"Recall@10 {v['Recall@10']:.3f}" + (f", median rank {v['median rank']:.0f} of {v['n_target_items']}" if "median rank" in v else "")
+        rows.append([f"text: {k}", f"{v['NDCG@10']:.4f}", f"{v['NDCG@10'] / base:.2f}", note])
+    for k, v in refs.items():
+        src = v.get("in_domain_source")
+        rows.append([f"target-trained: {k}", f"{v['test']:.4f}", f"{v['test'] / base:.2f}", "uses target interactions" + (f"; on Art {src['model']:.4f}" if src else "")])
+    for k in REFERENCE_ONLY:
+        rows.append([f"target-trained: {k}", f"{sig['signals'][k]['test']:.4f}", f"{sig['signals'][k]['test'] / base:.2f}", "uses target interactions"])
+    return rows
 
 
 def main() -> None:
