@@ -187,6 +187,7 @@ def stage_references(b: Bench) -> dict:
         ctx = RunContext(b.data, ModelConfig(**{**b.ctx.model_cfg.to_dict(), "item_tower": "text"}), b.ctx.train_cfg, b.args.seed, progress=say, cache=b.ctx.cache)
         t0 = time.perf_counter()
         trained = STRATEGIES["target_only"](ctx)
+        assert trained.model is not None
         out["target-trained text-only tower (no IDs)"] = row(trained.model) | {"epochs": len(trained.logs), "seconds": time.perf_counter() - t0}
         src_ev = source_eval_set(b.data, b.data.split_users["valid"], b.ctx.model_cfg.max_len)
         out["target-trained text-only tower (no IDs)"]["in_domain_source"] = in_domain_ndcg(trained.model, b.scorers, src_ev, SOURCE)
@@ -240,8 +241,8 @@ def report(outdir: Path) -> dict:
     md = []
     for title, cols, rows in tables:
         t = Table(title=title)
-        for k, col in enumerate(cols):
-            t.add_column(col, justify="left" if k == 0 else "right")
+        for i, col in enumerate(cols):
+            t.add_column(col, justify="left" if i == 0 else "right")
         for r in rows:
             t.add_row(*r)
         console.print(t)

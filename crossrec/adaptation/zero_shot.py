@@ -25,12 +25,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 
 import numpy as np
 import torch
 
-from crossrec.adaptation.data import SOURCE, TARGET, AdaptData, EvalSet
-from crossrec.adaptation.model import CrossDomainModel, HybridItemTower, ModelConfig
+from crossrec.adaptation.data import SOURCE, AdaptData, EvalSet
+from crossrec.adaptation.model import CrossDomainModel, HybridItemTower, ModelConfig, TextItemTower
 from crossrec.adaptation.scorers import TrainingFreeScorers, normalise_rows, rank_scores
 from crossrec.adaptation.strategies import RunContext
 from crossrec.adaptation.trainer import EpochLog, Phase, logits_eval_set, train_phase
@@ -79,11 +80,14 @@ def recentre_target(model: CrossDomainModel, data: AdaptData) -> None:
     source mean uses item texts only (no target interaction), so it is allowed in a new domain.
     """
     cat = data.catalog
-    emb = model.items.emb.clone()  # the buffer shares memory with the catalogue: never shift that
+    tower = model.items
+    if not isinstance(tower, TextItemTower):
+        raise TypeError("recentre_target needs a text item tower (text | text+id)")
+    emb = cast(torch.Tensor, tower.emb).clone()  # the buffer shares memory with the catalogue: never shift that
     src = emb[cat.source_offset : cat.target_offset]
     tgt = emb[cat.target_offset :]
     emb[cat.target_offset :] = tgt - tgt.mean(0) + src.mean(0)
-    model.items.emb = emb
+    tower.emb = emb
 
 
 @dataclass
@@ -102,7 +106,7 @@ class VariantRun:
 def train_variant(ctx: RunContext, v: ZeroShotVariant, say: Callable[[str], None] | None = None) -> VariantRun:
     """Source-only training of one variant, early-stopped on the validation users (epoch 0 included)."""
     mcfg = ModelConfig(**{**ctx.model_cfg.to_dict(), "item_tower": v.item_tower})
-    tcfg = replace(ctx.train_cfg, pretrain_epochs=max(v.epochs, 1), transfer_view=v.view, **({"lr": v.lr} if v.lr else {}))
+    tcfg = replace(ctx.train_cfg, pretrain_epochs=max(v.epochs, 1), transfer_view=v.view, lr=v.lr or ctx.train_cfg.lr)
     vctx = RunContext(ctx.data, mcfg, tcfg, ctx.seed, progress=ctx.progress, cache=ctx.cache)
     model = vctx.new_model()
     if v.recentre_target:
@@ -160,7 +164,7 @@ def oracle_text_ceiling(scorers: TrainingFreeScorers, ev: EvalSet, dom: int | No
     for s in range(0, len(queries), batch):
         sc = scorers.text_cosine(queries[s : s + batch], None, None)
         o = owner_a[s : s + batch]
-        r_ = rank_batch(sc, ev.targets[o], [ev.masks[i] for i in o])
+        r_ = rank_batch(sc, ev.targets[o].tolist(), [ev.masks[i] for i in o])
         np.minimum.at(best, o, r_)
     b = best[rows]
     return {
@@ -205,10 +209,12 @@ def without_ids(model: CrossDomainModel) -> CrossDomainModel:
     if not isinstance(model.items, HybridItemTower):
         raise TypeError("without_ids needs a text+id model (item_tower='text+id')")
     out = copy.deepcopy(model)
+    tower = out.items
+    assert isinstance(tower, HybridItemTower)
     with torch.no_grad():
-        out.items.ids.weight.zero_()
+        tower.ids.weight.zero_()
     return out
 
 
 __all__ = ["VARIANTS", "ZeroShotVariant", "VariantRun", "train_variant", "mix_weight", "mixed", "recentre_target", "oracle_text_ceiling",
-           "source_eval_set", "in_domain_ndcg", "without_ids", "TARGET"]
+           "source_eval_set", "in_domain_ndcg", "without_ids"]
