@@ -44,8 +44,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    from crossrec.adaptation.artifacts import load_with_embeddings
     from crossrec.adaptation.data import load_adapt_data
-    from crossrec.adaptation.model import CrossDomainModel, ModelConfig
     from crossrec.adaptation.pipeline import evaluate_routing, routing_selection
     from crossrec.adaptation.routing import RouteChoice, RoutingTable, fit_routing
     from crossrec.adaptation.strategies import RunContext
@@ -63,11 +63,10 @@ def main() -> None:
     config = json.loads((path / "config.json").read_text())
     manifest = json.loads((path / "manifest.json").read_text()) if (path / "manifest.json").is_file() else {}
     data = load_adapt_data(args.work, config["encoder"], config["source_domain"], config["target_domain"], split_path=args.split)
-    if data.fingerprint != config.get("data_fingerprint"):
-        raise SystemExit(f"data fingerprint {data.fingerprint} != the artifact's {config.get('data_fingerprint')}: not the data it was trained on (check --split)")
-    model = CrossDomainModel(ModelConfig(**{"residual": False, **config["model"]}), torch.from_numpy(data.catalog.embeddings))
-    model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
-    model.eval()
+    try:
+        model, config = load_with_embeddings(path, data)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     train_cfg = manifest.get("train_config", {})
     selection = args.selection_users if args.selection_users is not None else int(train_cfg.get("selection_users", 2000))
     ctx = RunContext(data, model.cfg, TrainConfig(selection_users=selection), int(config.get("seed", 0)))

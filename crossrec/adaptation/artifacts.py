@@ -67,3 +67,19 @@ def read_artifact(path: Path) -> LoadedArtifact:
     model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
     model.eval()
     return LoadedArtifact(model, config, pd.read_parquet(path / "items.parquet"), np.load(path / "item_vectors.npy"))
+
+
+def load_with_embeddings(path: Path, data: AdaptData) -> tuple[CrossDomainModel, dict]:
+    """A registered model rebuilt over ``data``'s frozen embedding table, ready to re-score, and its config.
+
+    Why a check: the weights only mean something over the data they were trained on; a different
+    split or embedding run gives another fingerprint, and re-scoring it would report nonsense.
+    """
+    path = Path(path)
+    config = json.loads((path / "config.json").read_text())
+    if data.fingerprint != config.get("data_fingerprint"):
+        raise ValueError(f"data fingerprint {data.fingerprint} != the artifact's {config.get('data_fingerprint')}: not the data it was trained on (check the split)")
+    model = CrossDomainModel(ModelConfig(**{"residual": False, **config["model"]}), torch.from_numpy(data.catalog.embeddings))
+    model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
+    model.eval()
+    return model, config

@@ -11,7 +11,8 @@ full-rank positions with the evaluation's masking and seeded tie rule.
   item, counted over training users): the training-free transfer signal.
 - ``text_last_target`` / ``text_source`` / ``text_last_any``: cosine of centred frozen text
   embeddings to the last target item / the whole source history / the last item of either domain
-  (what a zero-shot model must beat: it reads the same histories).
+  (what a zero-shot model must beat: it reads the same histories); ``text_recent_target`` /
+  ``text_recent_any``: to the sum of the last ``RECENT`` items (target / either domain).
 
 Blends mix min-max-normalised scores per user (``normalise_rows``) with weights fitted by
 coordinate ascent on a selection set, so scorers on different scales (counts, cosines, logits)
@@ -33,6 +34,7 @@ from crossrec.evaluation import compute_metrics, per_user, rank_batch
 TARGET_ONLY_SIGNALS = ("popularity", "item_knn", "text_last_target")
 SOURCE_SIGNALS = ("source_cooc", "text_source")
 ROUTABLE = ("popularity", "item_knn", "source_cooc")  # need no embeddings at serving time
+RECENT = 3  # items the text_recent_* signals sum over
 
 
 def normalise_rows(m: np.ndarray) -> np.ndarray:
@@ -68,7 +70,8 @@ class TrainingFreeScorers:
         cat = self.data.catalog
         return [np.unique(h[cat.domain[h] == dom]) - cat.offset(dom) for h in histories]
 
-    def _text(self, histories: Sequence[np.ndarray], dom: int | None, last: int | None) -> np.ndarray:
+    def text_cosine(self, histories: Sequence[np.ndarray], dom: int | None, last: int | None, onto: int = TARGET) -> np.ndarray:
+        """Cosine of the (summed) centred history embeddings to every item of domain ``onto``."""
         cat = self.data.catalog
         if self._centred is None:
             emb = torch.from_numpy(cat.embeddings[1:])
@@ -79,7 +82,13 @@ class TrainingFreeScorers:
             items = items[-last:] if last else items
             if items.size:
                 q[row] = self._centred[torch.from_numpy(np.asarray(items - 1, np.int64))].sum(0)
-        return (q @ self._centred[cat.target_offset - 1 :].T).numpy()
+        lo = cat.offset(onto) - 1
+        return (q @ self._centred[lo : lo + cat.count(onto)].T).numpy()
+
+    def text_onto(self, histories: Sequence[np.ndarray], dom: int) -> np.ndarray:
+        """Cosine to the last item of domain ``dom``, over domain ``dom``'s own catalogue: the
+        training-free next-item scorer inside one domain (target: ``text_last_target``)."""
+        return self.text_cosine(histories, dom, 1, onto=dom)
 
     def score(self, name: str, histories: Sequence[np.ndarray]) -> np.ndarray:
         """(len(histories), n_target) float32 scores of signal ``name``."""
@@ -91,11 +100,15 @@ class TrainingFreeScorers:
         if name == "source_cooc":
             return self.cooc.scores(self._split(histories, SOURCE)).astype(np.float32)
         if name == "text_last_target":
-            return self._text(histories, TARGET, 1)
+            return self.text_cosine(histories, TARGET, 1)
         if name == "text_source":
-            return self._text(histories, SOURCE, None)
+            return self.text_cosine(histories, SOURCE, None)
         if name == "text_last_any":
-            return self._text(histories, None, 1)
+            return self.text_cosine(histories, None, 1)
+        if name == "text_recent_target":
+            return self.text_cosine(histories, TARGET, RECENT)
+        if name == "text_recent_any":
+            return self.text_cosine(histories, None, RECENT)
         raise ValueError(f"unknown training-free signal {name!r}")
 
 

@@ -88,7 +88,7 @@ class Phase:
     seqs: list[UserSeq]
     predict: set[int]
     view: str  # what the encoder sees at evaluation: 'mixed' | 'target' | 'source'
-    trainable: str = "all"  # 'all' | 'adaptor'
+    trainable: str = "all"  # 'all' | 'adaptor' | 'encoder' (everything but the text adaptor)
     adversarial: bool = False
     max_epochs: int | None = None
     early_stop: bool = True
@@ -201,6 +201,12 @@ def train_phase(
     if phase.trainable == "adaptor":
         for p in model.adaptor_parameters():
             p.requires_grad_(True)
+    elif phase.trainable == "encoder":
+        adaptor = {id(p) for p in (model.items.adaptor.parameters() if getattr(model.items, "adaptor", None) is not None else ())}
+        for p in model.parameters():
+            p.requires_grad_(id(p) not in adaptor)
+    elif phase.trainable != "all":
+        raise ValueError(f"unknown trainable set {phase.trainable!r} (all | adaptor | encoder)")
     params = [p for p in model.parameters() if p.requires_grad]
     disc = DomainDiscriminator(model.cfg.dim).to(_model_device(model)) if phase.adversarial else None
     if disc is not None:
@@ -252,13 +258,15 @@ def train_phase(
 
 
 @torch.no_grad()
-def _logit_batches(model: CrossDomainModel, data: AdaptData, ev: EvalSet, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+def _logit_batches(model: CrossDomainModel, data: AdaptData, ev: EvalSet, batch_size: int, dom: int = TARGET) -> Iterator[tuple[int, np.ndarray]]:
     """(first user of the batch, its (users, n_target) logits of every target item, unmasked):
-    batches, so a caller that only needs ranks never holds the whole score matrix."""
+    batches, so a caller that only needs ranks never holds the whole score matrix. ``dom=SOURCE``
+    scores the source catalogue instead (how well a source-trained model ranks its own domain)."""
     model.eval()
     cat = data.catalog
     dev = _model_device(model)
-    target_vecs = model.item_vecs(torch.arange(cat.target_offset, cat.n_items, device=dev))
+    lo = cat.offset(dom)
+    target_vecs = model.item_vecs(torch.arange(lo, lo + cat.count(dom), device=dev))
     for s in range(0, len(ev.targets), batch_size):
         hists = ev.histories[s : s + batch_size]
         L = max(len(h) for h in hists) + 1
@@ -276,10 +284,11 @@ def _logit_batches(model: CrossDomainModel, data: AdaptData, ev: EvalSet, batch_
         yield s, model.logits(last, target_vecs).cpu().numpy()
 
 
-def logits_eval_set(model: CrossDomainModel, data: AdaptData, ev: EvalSet, batch_size: int = 256) -> np.ndarray:
-    """(users, n_target) float32 logits of every target item (unmasked): what blends and routes mix."""
-    out = [scores.astype(np.float32) for _, scores in _logit_batches(model, data, ev, batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, data.catalog.n_target), np.float32)
+def logits_eval_set(model: CrossDomainModel, data: AdaptData, ev: EvalSet, batch_size: int = 256, dom: int = TARGET) -> np.ndarray:
+    """(users, n_target) float32 logits of every target item (unmasked): what blends and routes mix
+    (``dom=SOURCE``: of every source item)."""
+    out = [scores.astype(np.float32) for _, scores in _logit_batches(model, data, ev, batch_size, dom)]
+    return np.concatenate(out) if out else np.zeros((0, data.catalog.count(dom)), np.float32)
 
 
 def score_eval_set(model: CrossDomainModel, data: AdaptData, ev: EvalSet, batch_size: int = 256) -> np.ndarray:
