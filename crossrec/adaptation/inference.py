@@ -248,8 +248,12 @@ class Recommender:
     def _buffered_logits(self, histories: Sequence[History], looked_up: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """The logits of ``histories`` in this thread's reused buffer (``_scratch``): valid until
         this thread scores its next batch."""
+        return self._logits(histories, self._thread_flat(), looked_up)
+
+    def _thread_flat(self) -> torch.Tensor:
+        """This thread's reused scratch memory for ``_scratch`` (empty before its first batch)."""
         flat = getattr(self._buffers, "flat", None)
-        return self._logits(histories, flat if flat is not None else torch.empty(0), looked_up)
+        return flat if flat is not None else torch.empty(0)
 
     def score_history(self, history: History, k: int, exclude: Iterable[str] | None = None) -> list[tuple[str, float]]:
         """Top-k target items for one user history; already-seen target items are never returned."""

@@ -391,8 +391,7 @@ class RoutedRecommender(Recommender):
             if parts[REFERENCE] != 1.0:
                 full.mul_(parts[REFERENCE])
         else:
-            flat = getattr(self._buffers, "flat", None)
-            full = self._scratch(flat if flat is not None else torch.empty(0), n, n_now).zero_()
+            full = self._scratch(self._thread_flat(), n, n_now).zero_()
         out = full[:, :n_now]  # the model's logits may hold items added after ``n_now`` was read
         for name, w in parts.items():
             if name == REFERENCE:
