@@ -62,10 +62,7 @@ class LoadedArtifact:
 def read_artifact(path: Path) -> LoadedArtifact:
     path = Path(path)
     config = json.loads((path / "config.json").read_text())
-    cfg = ModelConfig(**{"residual": False, **config["model"]})  # artifacts older than the residual GRU had none
-    model = CrossDomainModel(cfg)
-    model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
-    model.eval()
+    model = _trained_model(path, config)
     return LoadedArtifact(model, config, pd.read_parquet(path / "items.parquet"), np.load(path / "item_vectors.npy"))
 
 
@@ -79,7 +76,13 @@ def load_with_embeddings(path: Path, data: AdaptData) -> tuple[CrossDomainModel,
     config = json.loads((path / "config.json").read_text())
     if data.fingerprint != config.get("data_fingerprint"):
         raise ValueError(f"data fingerprint {data.fingerprint} != the artifact's {config.get('data_fingerprint')}: not the data it was trained on (check the split)")
-    model = CrossDomainModel(ModelConfig(**{"residual": False, **config["model"]}), torch.from_numpy(data.catalog.embeddings))
+    return _trained_model(path, config, torch.from_numpy(data.catalog.embeddings)), config
+
+
+def _trained_model(path: Path, config: dict, embeddings: torch.Tensor | None = None) -> CrossDomainModel:
+    """The artifact's model with its weights, in eval mode (``embeddings``: the frozen table it reads)."""
+    cfg = ModelConfig(**{"residual": False, **config["model"]})  # artifacts older than the residual GRU had none
+    model = CrossDomainModel(cfg, embeddings)
     model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
     model.eval()
-    return model, config
+    return model
