@@ -131,3 +131,97 @@ def test_redis_down_during_the_push_is_a_dependency_error(settings: Settings) ->
     with pytest.raises(DEPENDENCY_ERRORS):
         pusher.push(history)
     assert not pusher.counts[FAILED] and not pusher.counts[PUSHED]
+
+
+# -- the direct online write (crossrec.features.online_write) ----------------------------------------
+def _varied_histories() -> dict[str, list[HistoryEvent]]:
+    """Long (over N_RECENT), single-event, mixed-domain, tied-time and empty histories."""
+    return {
+        "long": [HistoryEvent("art" if k % 3 else "office", f"i{k}", "purchase", (T0 + 1000 * k) / 1000) for k in range(30)],
+        "one": [HistoryEvent("office", "o1", "review", T0 / 1000)],
+        "ties": [HistoryEvent("art", "a1", "purchase", T0 / 1000), HistoryEvent("office", "o2", "purchase", T0 / 1000)],
+        "empty": [],
+    }
+
+
+def _feast_hashes(redis_client, skip: set[bytes]) -> dict[bytes, dict[bytes, bytes]]:
+    return {key: redis_client.hgetall(key) for key in redis_client.scan_iter() if key not in skip and redis_client.type(key) == b"hash"}
+
+
+def test_direct_write_leaves_the_same_redis_hashes_as_store_push(settings: Settings, redis_client) -> None:
+    import pandas as pd
+
+    from crossrec.features.push import user_feature_records
+    from crossrec.features.store import apply
+
+    apply(settings)
+    before = set(redis_client.scan_iter())
+    records = user_feature_records(_varied_histories(), now=pd.Timestamp("2026-11-30 03:00:00.123456", tz="UTC"))
+    pusher = FeaturePusher(settings)
+    assert pusher.open() and pusher._direct is not None
+
+    pusher._push_through_store(records)
+    through_store = _feast_hashes(redis_client, before)
+    for key in through_store:
+        redis_client.delete(key)
+    pusher._direct.write(records, records[0]["event_timestamp"].to_pydatetime())
+    direct = _feast_hashes(redis_client, before)
+
+    assert len(through_store) == 3  # one per user with a history
+    assert direct == through_store  # keys, feature fields, values and the timestamp field, byte for byte
+
+
+def test_push_falls_back_to_store_push_where_the_direct_writer_cannot_build_a_view(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from crossrec.client import RecClient
+    from crossrec.features import online_write
+    from crossrec.features.store import apply
+
+    apply(settings)
+    monkeypatch.setattr(online_write, "value_builders", lambda: {})  # no type can be built directly
+    pusher = FeaturePusher(settings)
+    with caplog.at_level("WARNING"):
+        assert pusher.push(_varied_histories()) == PUSHED
+        assert pusher.push({"one": [HistoryEvent("office", "o3", "purchase", (T0 + 5_000) / 1000)]}) == PUSHED
+    assert sum("feature push through store.push" in r.getMessage() for r in caplog.records) == 1  # warned once
+    assert pusher._direct is not None  # kept: a new registry may be writable
+    with RecClient(settings) as client:
+        assert client.user_features("long")["recent_items"] == [f"i{k}" for k in range(29, 9, -1)]
+        assert client.user_features("one")["recent_items"] == ["o3"]
+
+
+def test_a_failing_direct_write_switches_to_store_push_for_good(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crossrec.client import RecClient
+    from crossrec.features.online_write import DirectOnlineWriter
+    from crossrec.features.store import apply
+
+    apply(settings)
+
+    def broken(self: DirectOnlineWriter, rows: object, event_time: object) -> None:
+        raise AttributeError("'FeatureStore' object has no attribute 'provider'")  # as a Feast upgrade might
+
+    monkeypatch.setattr(DirectOnlineWriter, "write", broken)
+    pusher = FeaturePusher(settings)
+    assert pusher.push(_varied_histories()) == PUSHED
+    assert pusher._direct is None and not pusher.counts[FAILED]
+    with RecClient(settings) as client:
+        assert client.user_features("ties")["recent_items"] == ["o2", "a1"]
+
+
+def test_direct_writer_resolves_the_views_again_only_when_the_registry_changes(settings: Settings) -> None:
+    import os
+
+    from crossrec.features.store import apply, feast_dir
+
+    apply(settings)
+    pusher = FeaturePusher(settings)
+    assert pusher.open() and pusher._direct is not None
+    first = pusher._direct.views()
+    assert [d.view.name for d in first] == ["user_features"]
+    assert [name for name, _ in first[0].features] == ["recent_items", "recent_domains", "n_events", "last_event_ts_ms", "user_vector"]
+    assert pusher._direct.views() is first
+    registry = feast_dir(settings) / "registry.db"
+    stat = registry.stat()
+    os.utime(registry, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert pusher._direct.views() is not first

@@ -20,7 +20,11 @@ The rows have the shape the nightly job writes (:func:`crossrec.features.tables.
   fills it again);
 - ``event_timestamp``: the push time.
 
-One ``store.push(..., to=PushMode.ONLINE)`` per batch. The Feast store is opened once per
+One write per push, by default straight to the online store's ``online_write_batch``
+(:class:`crossrec.features.online_write.DirectOnlineWriter`, without Feast's pandas conversion);
+where that writer cannot express the registry's views, or fails on something other than Redis,
+``store.push(..., to=PushMode.ONLINE)`` writes the same rows (one warning line with the reason).
+The Feast store is opened once per
 consumer, by :meth:`FeaturePusher.open` before the first poll or else by the first push after the
 registry appears (importing Feast costs seconds; the consumer module never imports it). If the Feast registry
 does not exist yet (``crossrec features apply`` never ran), the push is skipped: one warning line,
@@ -37,7 +41,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -46,6 +50,8 @@ from crossrec.settings import Settings
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+
+    from crossrec.features.online_write import DirectOnlineWriter
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +65,11 @@ SKIPPED_NO_REGISTRY = "skipped_no_registry"
 FAILED = "failed"
 
 
-def user_feature_rows(
+def user_feature_records(
     histories: Mapping[str, Sequence[HistoryEvent]], now: pd.Timestamp | None = None, n_recent: int = N_RECENT
-) -> pd.DataFrame:
-    """One ``user_features`` row per user with a non-empty history (histories oldest first)."""
+) -> list[dict[str, Any]]:
+    """One ``user_features`` row (a dict of :data:`COLUMNS`) per user with a non-empty history
+    (histories oldest first)."""
     now = now if now is not None else pd.Timestamp.now(tz="UTC")
     rows = []
     for user, history in histories.items():
@@ -79,7 +86,14 @@ def user_feature_rows(
             "user_vector": [],
             "event_timestamp": now,
         })
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return rows
+
+
+def user_feature_rows(
+    histories: Mapping[str, Sequence[HistoryEvent]], now: pd.Timestamp | None = None, n_recent: int = N_RECENT
+) -> pd.DataFrame:
+    """:func:`user_feature_records` as the DataFrame ``store.push`` takes."""
+    return pd.DataFrame(user_feature_records(histories, now, n_recent), columns=COLUMNS)
 
 
 class FeaturePusher:
@@ -90,6 +104,7 @@ class FeaturePusher:
         self.on_outcome = on_outcome
         self.counts: Counter[str] = Counter()
         self._store: FeatureStore | None = None
+        self._direct: DirectOnlineWriter | None = None  # None: every push goes through store.push
         self._warned: set[str] = set()
 
     def registry_exists(self) -> bool:
@@ -104,33 +119,60 @@ class FeaturePusher:
         a batch; a registry that appears later is opened by the first push after it.
         """
         if self._store is None and self.registry_exists():
-            from crossrec.features.store import feature_store
+            from crossrec.features.online_write import DirectOnlineWriter
+            from crossrec.features.store import feast_dir, feature_store
 
             started = time.perf_counter()
             self._store = feature_store(self.settings)
+            if self.settings.streaming.push_direct:
+                self._direct = DirectOnlineWriter(self._store, PUSH_SOURCE, feast_dir(self.settings) / "registry.db")
             log.info("Feast store opened for the feature push in %.1fs", time.perf_counter() - started)
         return self._store is not None
 
     def push(self, histories: Mapping[str, Sequence[HistoryEvent]]) -> str | None:
-        """Push the users' rows (one call); returns the outcome, None when there was nothing."""
-        rows = user_feature_rows(histories)
-        if rows.empty:
+        """Push the users' rows (one write); returns the outcome, None when there was nothing."""
+        records = user_feature_records(histories)
+        if not records:
             return None
         if not self.open():
             return self.skip_no_registry()
-        assert self._store is not None
-        from feast.data_source import PushMode
-
         from crossrec.streaming.faults import DEPENDENCY_ERRORS
 
         try:
-            self._store.push(PUSH_SOURCE, rows, to=PushMode.ONLINE)
+            if not self._write_direct(records):
+                self._push_through_store(records)
         except DEPENDENCY_ERRORS:
             raise  # Redis is down: the consumer retries the whole batch
         except Exception as exc:  # noqa: BLE001 - a registry/schema problem: the lists still go out
             self._warn_once(f"{FAILED}:{type(exc).__name__}", f"feature push failed ({type(exc).__name__}: {exc}); counting failed batches")
             return self.count(FAILED)
         return self.count(PUSHED)
+
+    def _write_direct(self, records: list[dict[str, Any]]) -> bool:
+        """Write through the direct writer; False where it cannot (then ``store.push`` writes)."""
+        from crossrec.features.online_write import NotDirectlyWritable
+        from crossrec.streaming.faults import DEPENDENCY_ERRORS
+
+        if self._direct is None:
+            return False
+        try:
+            self._direct.write(records, records[0]["event_timestamp"].to_pydatetime())
+        except NotDirectlyWritable as exc:
+            self._warn_once(f"direct:{exc}", f"feature push through store.push: {exc}")
+            return False
+        except DEPENDENCY_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the direct path broke (a Feast change?): stop using it
+            log.warning("direct feature write failed (%s: %s); pushing through store.push from now on", type(exc).__name__, exc)
+            self._direct = None
+            return False
+        return True
+
+    def _push_through_store(self, records: list[dict[str, Any]]) -> None:
+        from feast.data_source import PushMode
+
+        assert self._store is not None
+        self._store.push(PUSH_SOURCE, pd.DataFrame(records, columns=COLUMNS), to=PushMode.ONLINE)
 
     def skip_no_registry(self) -> str:
         """A push skipped because no Feast registry exists: one warning line, every skip counted."""
