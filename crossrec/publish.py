@@ -503,8 +503,8 @@ def explain(
 def most_similar(rec_units: np.ndarray, history_units: np.ndarray) -> np.ndarray:
     """Per recommended row, the position of the most similar history row (``unit_rows`` of both).
 
-    Split from :func:`explain` so that a batch of users can normalise every vector once
-    (``crossrec.recommend.recommend_many``) and get the same positions as ``explain`` per user.
+    ``crossrec.recommend.explained_many`` computes the same for many users in one stacked
+    product, with this tie rule; its test holds it equal to ``explain`` per user.
     """
     sims = rec_units @ history_units.T  # (k, h)
     # argmax returns the first maximum; flip so that ties resolve to the most recent item.
