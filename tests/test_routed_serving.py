@@ -324,3 +324,51 @@ def test_consumer_writes_the_route_of_the_users_new_segment(settings: Settings, 
         consumer.close()
     assert consumer.stats.applied == sent
     assert routes == ["source_cooc", "item_knn", "blend"]
+
+
+def test_scorer_warm_up_scores_every_route_and_leaves_the_lists_unchanged(settings: Settings) -> None:
+    """The consumer's warm-up (before a model's first batch) runs each segment's route once, on
+    a one-user batch and a ``max_users`` batch, without counting unknown items or changing a list."""
+    from crossrec.streaming.scoring import ModelScorer
+
+    rr = load_current(settings)
+    assert isinstance(rr, RoutedRecommender)
+    history = [("art", "art-003"), ("office", "office-002"), ("office", "office-005"), ("office", "office-011")]
+    before = rr.top_k_for_users({"u": history}, 5)["u"]
+    scorer = ModelScorer(rr, settings)
+    batches: list[dict] = []
+    score = scorer.recommend_many
+
+    def recording(histories, k):  # type: ignore[no-untyped-def]
+        lists = score(histories, k)
+        batches.append(lists)
+        return lists
+
+    scorer.recommend_many = recording  # type: ignore[method-assign]
+    unknown = rr.unknown_items
+    scorer.warm_up(7, 5)
+    assert [len(b) for b in batches] == [1, 7]
+    assert {lst.route for lst in batches[1].values()} == set(ROUTES.values())  # cold, 1-2 and 3+ all taken
+    assert rr.unknown_items == unknown
+    assert rr.top_k_for_users({"u": history}, 5)["u"] == before
+
+
+def test_consumer_warms_a_new_model_up_before_it_scores(settings: Settings) -> None:
+    class Warming:
+        version = "m-warm"
+
+        def __init__(self) -> None:
+            self.calls: list[tuple[int, int]] = []
+
+        def warm_up(self, max_users: int, k: int) -> None:
+            self.calls.append((max_users, k))
+
+    scorer = Warming()
+    consumer = RecsConsumer(settings, lambda: scorer, max_poll_records=123)  # type: ignore[arg-type, return-value]
+    try:
+        consumer._maybe_reload_scorer(force=True)
+        assert consumer.scorer is scorer and scorer.calls == [(123, settings.top_k)]
+        consumer._maybe_reload_scorer(force=True)  # the same version again: not warmed twice
+        assert scorer.calls == [(123, settings.top_k)]
+    finally:
+        consumer.close()

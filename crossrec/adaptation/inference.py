@@ -11,6 +11,8 @@ its f_i comes from the adaptor alone, which is the point of a text-based item si
 
 from __future__ import annotations
 
+import itertools
+
 import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -98,6 +100,10 @@ class Recommender:
             else:
                 self._vecs[row] = v[0]
             self._refresh_targets()
+
+    def known_keys(self, domain: str, n: int) -> list[tuple[str, str]]:
+        """Up to ``n`` known ``(domain, item_id)`` keys of ``domain``, in index order."""
+        return list(itertools.islice((key for key in self._keys[1:] if key[0] == domain), n))
 
     def has_item(self, domain: str, item_id: str) -> bool:
         return (domain, item_id) in self._index

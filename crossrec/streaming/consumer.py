@@ -204,6 +204,7 @@ class RecsConsumer:
         self.scorer: Scorer | None = None
         self.known_domains = set(settings.domains)
         self.poll_timeout_ms = poll_timeout_ms if poll_timeout_ms is not None else cfg.poll_timeout_ms
+        self.max_poll_records = max_poll_records or cfg.max_poll_records
         self.reload_check_s = reload_check_s if reload_check_s is not None else cfg.reload_check_s
         self.heartbeat_file = heartbeat_file
         self.stats = ConsumerStats()
@@ -230,7 +231,7 @@ class RecsConsumer:
             group_id=kafka.consumer_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=max_poll_records or cfg.max_poll_records,
+            max_poll_records=self.max_poll_records,
             fetch_max_wait_ms=cfg.fetch_max_wait_ms,
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
@@ -732,6 +733,11 @@ class RecsConsumer:
             return
         scorer = self.scorer_factory()
         if scorer is not None and (self.scorer is None or scorer.version != self.scorer.version):
+            warm_up = getattr(scorer, "warm_up", None)
+            if warm_up is not None:  # its one-off costs here, not in the first batches it scores
+                started = time.perf_counter()
+                warm_up(self.max_poll_records, self.settings.top_k)
+                log.info("model %s warmed up in %.2fs", scorer.version, time.perf_counter() - started)
             log.info("consumer now scores with model %s", scorer.version)
             self.scorer = scorer
             self.stats.model_reloads += 1
