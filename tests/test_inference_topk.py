@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 from crossrec.adaptation.model import CrossDomainModel, ModelConfig  # noqa: E402
 from crossrec.publish import explain  # noqa: E402
-from crossrec.recommend import explained, recommend_many  # noqa: E402
+from crossrec.recommend import explained, explained_many, recommend_many  # noqa: E402
 
 
 def _small_model_recommender(n_source: int = 150, n_target: int = 400, seed: int = 0) -> Recommender:
@@ -116,6 +116,7 @@ def test_batched_explanations_equal_the_per_user_ones() -> None:
     got = recommend_many(rec, histories, 10)
     tops = rec.top_k_for_users(histories, 10)
     assert got == {u: explained(rec, histories[u], tops[u]) for u in histories}
+    assert explained_many(rec, histories, tops, block=7) == got  # blocks of users, one ending on a short one
     assert got["empty"] and all(item.because is None for item in got["empty"] + got["unknown-only"])
     # the twins tie on every recommendation: the later (more recent) history item explains it
     assert {item.because for item in got["twins"]} == {"a6"}

@@ -12,7 +12,6 @@ its f_i comes from the adaptor alone, which is the point of a text-based item si
 from __future__ import annotations
 
 import itertools
-
 import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence

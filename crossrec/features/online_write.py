@@ -13,8 +13,7 @@ That is the provider's public interface, the one Feast's own ingestion calls; th
 keeps its own checks, such as Redis's newer-timestamp-wins.
 
 What it cannot express makes :meth:`DirectOnlineWriter.views` raise :class:`NotDirectlyWritable`
-(remembered until the registry file changes),
-and the caller falls back to ``store.push``:
+(remembered until the registry file changes), and the caller falls back to ``store.push``:
 - a feature of a type :func:`value_builders` has no builder for;
 - a view with a field mapping or an on-demand transformation;
 - a feature service that recomputes vectors on push.
@@ -57,7 +56,6 @@ def value_builders() -> dict[Any, Callable[[Any], Any]]:
         ValueType.FLOAT_LIST: lambda v: ValueProto(float_list_val=FloatList(val=v)),
         ValueType.DOUBLE_LIST: lambda v: ValueProto(double_list_val=DoubleList(val=v)),
     }
-
 
 
 @dataclass(frozen=True)
