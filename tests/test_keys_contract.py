@@ -75,6 +75,28 @@ def test_reclist_json_round_trip_keeps_everything() -> None:
     assert RecList.from_json(raw.encode()) == recs
 
 
+def test_reclist_json_keeps_tricky_scores_and_texts_exactly() -> None:
+    """Any JSON reader gets the values ``json.dumps`` would have written: scores bit for bit
+    (exponent forms, subnormals, float32 values), texts with quotes, control characters and
+    non-ASCII; stored as compact UTF-8."""
+    rng = np.random.default_rng(0)
+    scores = [1e-7, 1e-5, 5e-324, 0.1 + 0.2, 1e22, -0.0, 1.0, float(np.float32(0.7))]
+    scores += [float(x) for x in rng.random(50) * 10.0 ** rng.integers(-12, 12, 50)]
+    texts = ['quote " and \\ backslash', "ctl \x00\x1f\x7f tab\t nl\n", "ü — 漢字 😀", "\u2028\u2029 </script>"]
+    items = [RecItem(f"o{i}", score, because=f"h{i % 4}") for i, score in enumerate(scores)]
+    display = {("office", f"o{i}"): (texts[i % 4], texts[(i + 1) % 4], None) for i in range(len(items))}
+    display.update({("art", f"h{i}"): (texts[i], None, None) for i in range(4)})
+    recs = RecList(items=items, model_version="m\u00e9", updated_at=1.7e9 + 1e-6, source="stream", route="blend")
+    raw = recs.to_json("office", display, ("art", "office"))
+    assert "ü — 漢字 😀" in raw and "\\u00fc" not in raw  # UTF-8, not ASCII escapes
+    assert RecList.from_json(raw) == recs
+    body = json.loads(raw)
+    assert np.array([it["score"] for it in body["items"]]).view(np.int64).tolist() == np.array(scores).view(np.int64).tolist()
+    assert [(it["title"], it["category"], it["because"]["title"]) for it in body["items"]] == [
+        (texts[i % 4], texts[(i + 1) % 4], texts[i % 4]) for i in range(len(items))]
+    assert '": ' not in raw and '", "' not in raw  # compact separators
+
+
 def test_stored_list_is_ready_to_serve() -> None:
     """Titles, ranks and explanations (resolved in the other domain first) are in the value."""
     recs = RecList(items=[RecItem("o1", 0.9, because="h1"), RecItem("o2", 0.5, because="gone")], model_version="m", updated_at=5.0)
