@@ -348,6 +348,7 @@ def test_scorer_warm_up_scores_every_route_and_leaves_the_lists_unchanged(settin
     unknown = rr.unknown_items
     scorer.warm_up(7, 5)
     assert [len(b) for b in batches] == [1, 7]
+    assert [lst.route for lst in batches[0].values()] == [ROUTES["3+"]]  # the one-user batch runs the richest route
     assert {lst.route for lst in batches[1].values()} == set(ROUTES.values())  # cold, 1-2 and 3+ all taken
     assert rr.unknown_items == unknown
     assert rr.top_k_for_users({"u": history}, 5)["u"] == before

@@ -225,3 +225,41 @@ def test_direct_writer_resolves_the_views_again_only_when_the_registry_changes(s
     stat = registry.stat()
     os.utime(registry, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert pusher._direct.views() is not first
+
+
+def test_a_cannot_write_verdict_is_a_fresh_exception_each_push(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The remembered verdict must not keep one exception whose traceback (holding each push's
+    rows) grows with every re-raise."""
+    import traceback
+
+    from crossrec.features import online_write
+    from crossrec.features.store import apply
+
+    apply(settings)
+    monkeypatch.setattr(online_write, "value_builders", lambda: {})
+    pusher = FeaturePusher(settings)
+    assert pusher.open() and pusher._direct is not None
+    raised = []
+    for _ in range(3):
+        with pytest.raises(online_write.NotDirectlyWritable) as info:
+            pusher._direct.views()
+        raised.append(info.value)
+    assert len({id(exc) for exc in raised}) == 3
+    assert len({len(traceback.extract_tb(exc.__traceback__)) for exc in raised}) == 1
+
+
+def test_a_redis_refusal_in_the_direct_write_is_counted_failed_and_keeps_the_path(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis.exceptions import ResponseError
+
+    from crossrec.features.online_write import DirectOnlineWriter
+    from crossrec.features.store import apply
+
+    apply(settings)
+
+    def refused(self: DirectOnlineWriter, rows: object, event_time: object) -> None:
+        raise ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+
+    monkeypatch.setattr(DirectOnlineWriter, "write", refused)
+    pusher = FeaturePusher(settings)
+    assert pusher.push(_varied_histories()) == FAILED
+    assert pusher._direct is not None  # Redis refused, the direct path did not break

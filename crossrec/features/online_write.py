@@ -16,7 +16,9 @@ What it cannot express makes :meth:`DirectOnlineWriter.views` raise :class:`NotD
 (remembered until the registry file changes), and the caller falls back to ``store.push``:
 - a feature of a type :func:`value_builders` has no builder for;
 - a view with a field mapping or an on-demand transformation;
-- a feature service that recomputes vectors on push.
+- a label view that reads the push source;
+- a feature service that recomputes vectors on push;
+- a registry file that cannot be read at that moment (not remembered: the next push tries again).
 A test checks that both paths leave byte-identical Redis hashes.
 """
 
@@ -74,7 +76,7 @@ class DirectOnlineWriter:
         self.store = store
         self.push_source = push_source
         self.registry_file = registry_file
-        self._views: list[DirectView] | NotDirectlyWritable | None = None
+        self._views: list[DirectView] | str | None = None  # str: why the views cannot be written directly
         self._registry_stamp: int | None = None
 
     def write(self, rows: Sequence[Row], event_time: datetime) -> None:
@@ -99,14 +101,17 @@ class DirectOnlineWriter:
         """The push source's views, resolved again only when the registry file changed."""
         stamp = os.stat(self.registry_file).st_mtime_ns
         if self._views is None or stamp != self._registry_stamp:
-            self.store.refresh_registry()
             try:
+                self.store.refresh_registry()
                 self._views = self._resolve()
             except NotDirectlyWritable as exc:
-                self._views = exc
+                self._views = str(exc)
+            except Exception as exc:  # noqa: BLE001 - e.g. a registry file caught mid-write: retried next push
+                self._views = None
+                raise NotDirectlyWritable(f"registry not readable now ({type(exc).__name__}: {exc})") from None
             self._registry_stamp = stamp
-        if isinstance(self._views, NotDirectlyWritable):
-            raise self._views
+        if isinstance(self._views, str):
+            raise NotDirectlyWritable(self._views)  # a new exception each time: no traceback kept growing
         return self._views
 
     def _resolve(self) -> list[DirectView]:
@@ -119,6 +124,12 @@ class DirectOnlineWriter:
         ]
         if not views:
             raise NotDirectlyWritable(f"no feature view reads the push source {self.push_source!r}")
+        list_label_views = getattr(self.store, "list_label_views", None)
+        if list_label_views is not None and any(
+            isinstance(getattr(lv, "stream_source", None), PushSource) and lv.stream_source.name == self.push_source
+            for lv in list_label_views()
+        ):
+            raise NotDirectlyWritable(f"a label view reads the push source {self.push_source!r}")
         names = {fv.name for fv in views}
         for service in self.store.list_feature_services():
             if getattr(service, "precompute_online", False) and names & {p.name for p in service.feature_view_projections}:

@@ -22,8 +22,9 @@ The rows have the shape the nightly job writes (:func:`crossrec.features.tables.
 
 One write per push, by default straight to the online store's ``online_write_batch``
 (:class:`crossrec.features.online_write.DirectOnlineWriter`, without Feast's pandas conversion);
-where that writer cannot express the registry's views, or fails on something other than Redis,
-``store.push(..., to=PushMode.ONLINE)`` writes the same rows (one warning line with the reason).
+where that writer cannot express the registry's views, or fails on something other than Redis
+(a Redis error is the push's, as with ``store.push``), ``store.push(..., to=PushMode.ONLINE)``
+writes the same rows (one warning line with the reason).
 The Feast store is opened once per
 consumer, by :meth:`FeaturePusher.open` before the first poll or else by the first push after the
 registry appears (importing Feast costs seconds; the consumer module never imports it). If the Feast registry
@@ -150,6 +151,8 @@ class FeaturePusher:
 
     def _write_direct(self, records: list[dict[str, Any]]) -> bool:
         """Write through the direct writer; False where it cannot (then ``store.push`` writes)."""
+        from redis.exceptions import RedisError
+
         from crossrec.features.online_write import NotDirectlyWritable
         from crossrec.streaming.faults import DEPENDENCY_ERRORS
 
@@ -160,8 +163,8 @@ class FeaturePusher:
         except NotDirectlyWritable as exc:
             self._warn_once(f"direct:{exc}", f"feature push through store.push: {exc}")
             return False
-        except DEPENDENCY_ERRORS:
-            raise
+        except (*DEPENDENCY_ERRORS, RedisError):
+            raise  # Redis itself refused or is down: the caller retries or counts it, the path stays
         except Exception as exc:  # noqa: BLE001 - the direct path broke (a Feast change?): stop using it
             log.warning("direct feature write failed (%s: %s); pushing through store.push from now on", type(exc).__name__, exc)
             self._direct = None

@@ -45,15 +45,15 @@ class ModelScorer:
         Why: in a fresh process the first batches paid one-off costs: torch's first kernels for
         each new shape, the per-thread logits buffer grown to the batch's size, and first
         look-ups. Measured at 500 events/s, the second batch after start took 50 ms for 14
-        events, against about 17 ms later. This runs a one-user batch and a ``max_users`` batch
-        over every route's kind of history: none, one and several target items, and source
-        items.
+        events, against about 17 ms later. This runs a one-user batch (a user with several target
+        items) and a batch of ``max_users`` (at least 5) over every route's kind of history: none,
+        one and several target items, and source items.
         """
         rec = self.recommender
         target = [(rec.target_domain, item_id) for item_id in rec.target_items[:20]]
         source = rec.known_keys(rec.source_domain, 20)
-        kinds = [[], target[:1], target, source, source + target[:2]]
-        events = [[HistoryEvent(d, i, "warm_up", 0.0) for d, i in kinds[u % len(kinds)]] for u in range(max(max_users, 1))]
+        kinds = [target, [], target[:1], source, source + target[:2]]  # the first: the model's route
+        events = [[HistoryEvent(d, i, "warm_up", 0.0) for d, i in kinds[u % len(kinds)]] for u in range(max(max_users, len(kinds)))]
         for n in (1, len(events)):
             self.recommend_many({f"warm-up-{u}": events[u] for u in range(n)}, k)
 
