@@ -163,8 +163,10 @@ class FeaturePusher:
         except NotDirectlyWritable as exc:
             self._warn_once(f"direct:{exc}", f"feature push through store.push: {exc}")
             return False
-        except (*DEPENDENCY_ERRORS, RedisError):
-            raise  # Redis itself refused or is down: the caller retries or counts it, the path stays
+        except DEPENDENCY_ERRORS:
+            raise  # Redis is down: the caller retries; the path stays
+        except RedisError:
+            raise  # Redis refused (e.g. out of memory): the caller counts it; the path stays
         except Exception as exc:  # noqa: BLE001 - the direct path broke (a Feast change?): stop using it
             log.warning("direct feature write failed (%s: %s); pushing through store.push from now on", type(exc).__name__, exc)
             self._direct = None
