@@ -22,9 +22,9 @@ What it does, against a Redis and a broker it starts itself (``crossrec.services
    freshness is list write time minus the Kafka record timestamp, per event;
 5. the split of a batch into poll / validate / apply / score / write / push / commit, from the
    one-consumer run's counters; "push" is the consumer's hand-over of the batch's touched users'
-   features to the Feast push (one write to Feast's online store per coalesced push, see
-   ``crossrec/features/push.py``) (the Feast repo is applied into the work
-   dir's registry first if it has none; ``--no-push`` turns the push off for a comparison).
+   features to the Feast push, which writes Feast's online store once per coalesced push
+   (``crossrec/features/push.py``). The Feast repo is applied into the work dir's registry
+   first if it has none; ``--no-push`` turns the push off for a comparison.
 
 ``--push-process`` runs the consumers' Feast push in a child process instead of on a thread;
 ``--consumer-env CROSSREC_X=V`` sets a consumer setting; the consumers' ``PYTHONPATH`` is this

@@ -24,8 +24,7 @@ One write per push, by default straight to the online store's ``online_write_bat
 (:class:`crossrec.features.online_write.DirectOnlineWriter`, without Feast's pandas conversion);
 where that writer cannot express the registry's views, or fails on something other than Redis
 (a Redis error is the push's, as with ``store.push``), ``store.push(..., to=PushMode.ONLINE)``
-writes the same rows (one warning line with the reason).
-The Feast store is opened once per
+writes the same rows (one warning line with the reason). The Feast store is opened once per
 consumer, by :meth:`FeaturePusher.open` before the first poll or else by the first push after the
 registry appears (importing Feast costs seconds; the consumer module never imports it). If the Feast registry
 does not exist yet (``crossrec features apply`` never ran), the push is skipped: one warning line,
