@@ -126,11 +126,19 @@ class IdItemTower(nn.Module):
 
 
 class SeqEncoder(nn.Module):
-    """Small causal transformer (pre-LN) over [BOS, f_i of history items] + domain + position."""
+    """Small causal transformer (pre-LN) over [BOS, f_i of history items] + domain + position.
+
+    The position table starts at the scale of the other small parameters (std 0.02), not at
+    ``nn.Embedding``'s N(0, 1): the item vectors it is added to are unit length, and a position
+    vector of norm ~sqrt(dim) drowned them, so at the start every history of a given length had
+    nearly the same state. Measured on Art -> Office (seed 42, SASRec over IDs, validation
+    NDCG@10): .026 with N(0, 1) positions, .060 with this start.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.pos = nn.Embedding(cfg.max_len, cfg.dim)
+        nn.init.normal_(self.pos.weight, std=0.02)
         self.dom = nn.Embedding(3, cfg.dim)
         nn.init.zeros_(self.dom.weight)  # an unseen domain starts neutral (zero-shot)
         self.bos = nn.Parameter(torch.randn(cfg.dim) * 0.02)
