@@ -103,7 +103,7 @@ class RoutedItems(list):  # type: ignore[type-arg]
 
     A plain ``list`` to every caller that only ranks and writes items (the consumer's ``Scorer``
     protocol returns ``list[RecItem]``); ``route`` names the routed model's route (``model``,
-    ``item_knn``, ``source_cooc``, ``popularity``, ``blend``), or ``None`` for an unrouted model.
+    ``item_knn``, ``source_cooc``, ``text_knn``, ``popularity``, ``blend``), or ``None`` for an unrouted model.
     """
 
     def __init__(self, items: Iterable[Any] = (), route: str | None = None) -> None:

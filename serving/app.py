@@ -108,7 +108,7 @@ class RecommendationsOut(BaseModel):
     fallback: bool
     source: str
     model_version: str | None
-    route: str | None = None  # the routed model's route (model, item_knn, source_cooc, popularity, blend); null: unrouted
+    route: str | None = None  # the routed model's route (model, item_knn, source_cooc, text_knn, popularity, blend); null: unrouted
     current_model: str | None
     updated_at: float | None
     age_s: float | None

@@ -26,7 +26,8 @@ from crossrec.adaptation.inference import Recommender, load_current
 from crossrec.adaptation.model import ModelConfig
 from crossrec.adaptation.pipeline import AdaptOptions, run_adapt
 from crossrec.adaptation.routing import RouteChoice, RoutedRecommender, RoutingTable, SparseScores, _sparse_t, knn_scores, segment_of, top_k_rows
-from crossrec.adaptation.scorers import normalise_rows
+from crossrec.adaptation.data import load_adapt_data
+from crossrec.adaptation.scorers import TrainingFreeScorers, normalise_rows
 from crossrec.adaptation.synthetic import write_synthetic
 from crossrec.adaptation.trainer import TrainConfig
 from crossrec.batch_publish import publish
@@ -198,6 +199,14 @@ def _reference_routed(rr: RoutedRecommender, histories: list[list[tuple[str, str
                 comp = normalise_rows(rr.logits([h]))[:, :n_now]
             elif name == "popularity":
                 comp = normalise_rows(np.load(rr.path / "routing" / "popularity.npy").astype(np.float32)[None, :])
+            elif name == "text_knn":  # the stored neighbours of the last trained target item
+                table = np.load(rr.path / "routing" / "text_knn.npz")
+                last = [local["item_knn"][key] for key in h if key in local["item_knn"]]
+                comp = np.zeros((1, len(local["item_knn"])), np.float32)
+                if last:
+                    cols = table["cols"][last[-1]]
+                    comp[0, cols[cols >= 0]] = table["values"][last[-1]][cols >= 0]
+                comp = normalise_rows(comp)
             else:
                 idx = [local[name][key] for key in h if key in local[name]]
                 comp = normalise_rows(rr._knn[name].scores([np.asarray(idx, np.int64)]).astype(np.float32))
@@ -215,8 +224,9 @@ def _reference_routed(rr: RoutedRecommender, histories: list[list[tuple[str, str
         ROUTES,
         {"cold": "popularity", "1-2": "model", "3+": "popularity"},
         {"cold": "blend", "1-2": "blend", "3+": "model"},
+        {"cold": "text_knn", "1-2": "blend", "3+": "text_knn"},
     ],
-    ids=["knn-cooc-blend", "popularity-model", "blends"],
+    ids=["knn-cooc-blend", "popularity-model", "blends", "text"],
 )
 def test_batched_routed_lists_equal_a_plain_dense_build_per_user(routed_work: Path, tmp_path: Path, routes: dict[str, str]) -> None:
     """The batched routed path (segments split, the model's logits normalised in the reused
@@ -225,11 +235,14 @@ def test_batched_routed_lists_equal_a_plain_dense_build_per_user(routed_work: Pa
     reg = registry_for(routed_work)
     art = tmp_path / "art"
     shutil.copytree(reg.path(reg.current()), art)
-    weights = {"cold": {"popularity": 0.4, "source_cooc": 1.0, "model": 0.25}, "1-2": {"item_knn": 1.0, "popularity": 0.2, "source_cooc": 0.5}}
+    weights = {"cold": {"popularity": 0.4, "source_cooc": 1.0, "model": 0.25}, "1-2": {"item_knn": 1.0, "popularity": 0.2, "source_cooc": 0.5, "text_knn": 0.7}}
     table = RoutingTable({seg: RouteChoice(seg, r, 10, blend_weights=weights.get(seg, BLEND) if r == "blend" else {}) for seg, r in routes.items()}, "target_only")
     (art / "routing" / "routing.json").write_text(json.dumps(table.to_dict()))
     rr = RoutedRecommender("vR", art)
     rr.path = art
+    fitted = TrainingFreeScorers.fit(load_adapt_data(routed_work, split_path=routed_work / "users_split.json"), []).text_neighbours()
+    stored = np.load(art / "routing" / "text_knn.npz")
+    assert np.array_equal(stored["cols"], fitted.cols) and np.array_equal(stored["values"], fitted.values)  # what fit_routing chose on
     rr.add_item("office", "office-new", np.full(16, 0.5, np.float32))
     rng = np.random.default_rng(4)
     keys = rr._keys[1:]

@@ -206,13 +206,51 @@ def test_cold_users_fall_back_to_popularity_where_the_model_reads_no_history(no_
     assert cold.n_users >= 100 and cold.fallback == "popularity" and "reads no history" in cold.fallback_reason
     assert cold.route == "popularity", cold.reason  # no challenger's CI against popularity excludes zero
     assert "keeping" in cold.reason and "popularity" in cold.reason
-    assert set(cold.ci_vs_fallback) == {"model", "item_knn", "source_cooc", "blend"}
+    assert set(cold.ci_vs_fallback) == {"model", "item_knn", "source_cooc", "text_knn", "blend"}
     for seg in ("1-2", "3+"):  # users whose target history the model reads keep the model as fallback
         assert table.routes[seg].fallback == "model", seg
     assert table.routes["3+"].n_users > 0 and table.routes["3+"].route in ("model", "popularity", "item_knn", "source_cooc", "blend")
     # what decides is what the model reads, not the segment's name: a mixed-view model reads the
     # cold users' source history, so its fallback there is the model
     assert _fit(ctx, trained, "mixed").routes["cold"].fallback == "model"
+
+
+def test_text_neighbour_table_is_the_exact_top_n_by_text_cosine() -> None:
+    """Several blocks, a short last one: each row holds the ``width`` largest cosines (self
+    included), columns ascending, non-positive cosines left out as padding."""
+    from crossrec.adaptation.scorers import TextNeighbours
+
+    torch.manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(23, 8), dim=-1)
+    table = TextNeighbours.from_centred(x, width=6, block=5)
+    cos = (x @ x.T).numpy()
+    for j in range(23):
+        want = np.argsort(-cos[j], kind="stable")[:6]
+        want = np.sort(want[cos[j, want] > 0])
+        got = table.cols[j][table.cols[j] >= 0]
+        assert list(got) == list(want), j
+        assert np.allclose(table.values[j][: got.size], cos[j, got], atol=1e-6) and (table.values[j][got.size :] == 0).all()
+        assert got.size == 6 or (table.cols[j][got.size :] == -1).all()
+    assert TextNeighbours.from_centred(x[:4], width=6).cols.shape == (4, 4)  # fewer items than the width
+
+
+def test_text_knn_scores_the_last_target_items_nearest_texts(no_signal) -> None:
+    """``text_knn`` is ``text_last_target`` on the last target item's neighbours, zero elsewhere
+    (and for a history without a target item), whatever the source items around it."""
+    ctx, _ = no_signal
+    from crossrec.adaptation.data import SOURCE, TARGET
+    from crossrec.adaptation.scorers import TrainingFreeScorers
+
+    cat = ctx.data.catalog
+    sc = TrainingFreeScorers.fit(ctx.data, ctx.train_seqs("mixed"))
+    src, tgt = cat.offset(SOURCE), cat.offset(TARGET)
+    hists = [np.asarray([tgt + 3, src + 1, tgt + 7, src + 2]), np.asarray([src + 4]), np.asarray([], np.int64)]
+    got = sc.score("text_knn", hists)
+    dense = sc.score("text_last_target", hists)
+    nbrs = sc.text_neighbours().cols[7]
+    nbrs = nbrs[nbrs >= 0]
+    assert 7 in nbrs and np.allclose(got[0, nbrs], dense[0, nbrs], atol=1e-6)
+    assert (np.delete(got[0], nbrs) == 0).all() and not got[1:].any()
 
 
 def test_routing_tables_written_before_fallbacks_still_load() -> None:

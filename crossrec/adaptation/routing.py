@@ -8,6 +8,7 @@ are served well by the model or item-KNN. A route is chosen per segment among
     model        the registered trained model (the reference: what serving did before routing)
     item_knn     co-occurrence cosine from the target history
     source_cooc  co-occurrence cosine from the source history (training-free transfer)
+    text_knn     the last target item's nearest target items by text (no interactions needed)
     popularity   training users' target counts
     blend        sum of the row-normalised scores above, weights fitted on the selection set
 
@@ -39,7 +40,7 @@ import torch
 from crossrec.adaptation.baselines import ItemKNN
 from crossrec.adaptation.data import SOURCE, TARGET, AdaptData, EvalSet
 from crossrec.adaptation.inference import History, Recommender
-from crossrec.adaptation.scorers import ROUTABLE, TrainingFreeScorers, blend, fit_blend, ndcg_objective, normalise_rows, normalise_rows_, rank_scores
+from crossrec.adaptation.scorers import ROUTABLE, TextNeighbours, TrainingFreeScorers, blend, fit_blend, ndcg_objective, normalise_rows, normalise_rows_, rank_scores
 from crossrec.evaluation import paired_bootstrap, per_user
 from crossrec.keys import RoutedItems
 
@@ -214,6 +215,8 @@ def write_routing(out: Path, table: RoutingTable, scorers: TrainingFreeScorers) 
     np.save(out / "popularity.npy", scorers.pop.counts)
     _save_knn(out / "item_knn.npz", scorers.knn)
     _save_knn(out / "source_cooc.npz", scorers.cooc)
+    text = scorers.text_neighbours()
+    np.savez_compressed(out / "text_knn.npz", cols=text.cols, values=text.values)
 
 
 def _sparse_t(m: torch.Tensor) -> torch.Tensor:
@@ -352,6 +355,15 @@ class RoutedRecommender(Recommender):
         self.n_trained_targets = int(self._pop.shape[1])
         if self.n_trained_targets != len(self._target_rows) or self._knn["item_knn"].by_item.shape[0] != self.n_trained_targets:
             raise ValueError(f"{path}: the routing scorers cover {self.n_trained_targets} target items but the model has {len(self._target_rows)}")
+        # text_knn's table; tables written before it existed have none and no route that uses it
+        self._text: TextNeighbours | None = None
+        if (rdir / "text_knn.npz").exists():
+            z = np.load(rdir / "text_knn.npz")
+            self._text = TextNeighbours(z["cols"], z["values"])
+            if self._text.cols.shape[0] != self.n_trained_targets:
+                raise ValueError(f"{path}: text_knn covers {self._text.cols.shape[0]} target items but the model has {self.n_trained_targets}")
+        elif any(c.route == "text_knn" or (c.route == "blend" and c.blend_weights.get("text_knn")) for c in self.table.routes.values()):
+            raise FileNotFoundError(f"{path}: the routing table uses text_knn but routing/text_knn.npz is missing")
 
     def route_of_segment(self, segment: str) -> tuple[str, dict[str, float]]:
         choice = self.table.routes.get(segment)
@@ -361,14 +373,20 @@ class RoutedRecommender(Recommender):
 
     def _training_free(self, name: str, users: np.ndarray, rows: np.ndarray, n_users: int) -> np.ndarray | SparseScores:
         """Row-normalised scores of one training-free scorer over the trained target items:
-        popularity is one row (the same for every user), co-occurrence scorers are sparse.
+        popularity is one row (the same for every user), co-occurrence and text_knn are sparse.
         ``users``/``rows``: the user and index row (-1: unknown) of every history event."""
         if name == "popularity":
             return self._pop
-        want = TARGET if name == "item_knn" else SOURCE
+        want = SOURCE if name == "source_cooc" else TARGET
         fitted = (rows >= 0) & (rows < self._local_dom.size)
         hit = np.flatnonzero(fitted)
         hit = hit[self._local_dom[rows[hit]] == want]
+        if name == "text_knn":
+            assert self._text is not None  # checked at load for every route that names it
+            u = users[hit]
+            last = np.flatnonzero(np.r_[u[1:] != u[:-1], True]) if u.size else np.zeros(0, np.int64)  # each user's last target event
+            at, cols, vals = self._text.of(self._local_idx[rows[hit[last]]])
+            return SparseScores(u[last][at], cols, vals, (n_users, self.n_trained_targets)).normalised()
         by_user_t, by_item_t = self._knn_t[name]
         return knn_scores(by_user_t, by_item_t, users[hit], self._local_idx[rows[hit]], n_users).normalised()
 

@@ -9,6 +9,9 @@ full-rank positions with the evaluation's masking and seeded tie rule.
 - ``item_knn``: co-occurrence cosine from the user's *target* history (no transfer).
 - ``source_cooc``: co-occurrence cosine from the user's *source* history (art item -> office
   item, counted over training users): the training-free transfer signal.
+- ``text_knn``: the last target item's ``TEXT_NEIGHBOURS`` nearest target items by that cosine
+  (a sparse table computed once from the item texts, no interactions): ``text_last_target``
+  truncated so that serving can add it per user without a (users x catalogue x 384) product.
 - ``text_last_target`` / ``text_source`` / ``text_last_any``: cosine of centred frozen text
   embeddings to the last target item / the whole source history / the last item of either domain
   (what a zero-shot model must beat: it reads the same histories); ``text_recent_target`` /
@@ -33,7 +36,9 @@ from crossrec.evaluation import compute_metrics, per_user, rank_batch
 
 TARGET_ONLY_SIGNALS = ("popularity", "item_knn", "text_last_target")
 SOURCE_SIGNALS = ("source_cooc", "text_source")
-ROUTABLE = ("popularity", "item_knn", "source_cooc")  # need no embeddings at serving time
+# Routes and blend parts; none needs the embeddings at serving time (text_knn is a stored table).
+ROUTABLE = ("popularity", "item_knn", "source_cooc", "text_knn")
+TEXT_NEIGHBOURS = 100  # per target item, in text_knn's table
 RECENT = 3  # items the text_recent_* signals sum over
 
 
@@ -53,6 +58,39 @@ def normalise_rows_(t: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class TextNeighbours:
+    """Per target item (local index), its nearest target items by centred text cosine, self
+    included: ``cols[j]`` ascending, ``values[j]`` the cosines (> 0; fewer than the table's width
+    are padded with column -1 and value 0)."""
+
+    cols: np.ndarray  # int32 (n_target, width)
+    values: np.ndarray  # float32 (n_target, width)
+
+    @classmethod
+    def from_centred(cls, centred: torch.Tensor, width: int = TEXT_NEIGHBOURS, block: int = 2048) -> "TextNeighbours":
+        """``centred``: unit-length centred embeddings of the target items, in local order."""
+        n = centred.shape[0]
+        width = min(width, n)
+        cols = np.full((n, width), -1, np.int32)
+        values = np.zeros((n, width), np.float32)
+        for s in range(0, n, block):
+            top = torch.topk(centred[s : s + block] @ centred.T, width, dim=1)
+            idx, val = top.indices.numpy(), top.values.numpy()
+            keep = val > 0
+            order = np.argsort(np.where(keep, idx, n), axis=1, kind="stable")
+            idx, val, keep = (np.take_along_axis(a, order, 1) for a in (idx, val, keep))
+            cols[s : s + block] = np.where(keep, idx, -1)
+            values[s : s + block] = np.where(keep, val, 0.0)
+        return cls(cols, values)
+
+    def of(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(position in ``local``, column, value) of the neighbours of each item in ``local``."""
+        c, v = self.cols[local], self.values[local]
+        keep = c >= 0
+        return np.nonzero(keep)[0], c[keep].astype(np.int64), v[keep]
+
+
+@dataclass
 class TrainingFreeScorers:
     """Fitted once on the training sequences; scores any batch of histories."""
 
@@ -61,6 +99,7 @@ class TrainingFreeScorers:
     knn: ItemKNN
     cooc: ItemKNN
     _centred: torch.Tensor | None = None
+    _neighbours: TextNeighbours | None = None
 
     @classmethod
     def fit(cls, data: AdaptData, train_seqs: list[UserSeq]) -> "TrainingFreeScorers":
@@ -70,20 +109,50 @@ class TrainingFreeScorers:
         cat = self.data.catalog
         return [np.unique(h[cat.domain[h] == dom]) - cat.offset(dom) for h in histories]
 
+    def centred(self) -> torch.Tensor:
+        """Unit-length text embeddings of every catalogue item (rows 1.., as the catalogue),
+        centred on the catalogue's mean: raw sentence embeddings share a large common direction."""
+        if self._centred is None:
+            emb = torch.from_numpy(self.data.catalog.embeddings[1:])
+            self._centred = torch.nn.functional.normalize(emb - emb.mean(0), dim=-1)
+        return self._centred
+
+    def text_neighbours(self) -> TextNeighbours:
+        """text_knn's table (computed on first use: it depends on the texts only, not on the
+        training users, so every fraction and seed of a catalogue gets the same one)."""
+        if self._neighbours is None:
+            cat = self.data.catalog
+            lo = cat.target_offset - 1
+            self._neighbours = TextNeighbours.from_centred(self.centred()[lo : lo + cat.n_target])
+        return self._neighbours
+
+    def text_knn(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """Each user's last target item's row of the neighbour table, dense (zeros elsewhere)."""
+        cat = self.data.catalog
+        out = np.zeros((len(histories), cat.n_target), np.float32)
+        users, last = [], []
+        for row, hist in enumerate(histories):
+            items = hist[cat.domain[hist] == TARGET]
+            if items.size:
+                users.append(row)
+                last.append(int(items[-1]) - cat.target_offset)
+        if users:
+            at, cols, vals = self.text_neighbours().of(np.asarray(last, np.int64))
+            out[np.asarray(users)[at], cols] = vals
+        return out
+
     def text_cosine(self, histories: Sequence[np.ndarray], dom: int | None, last: int | None, onto: int = TARGET) -> np.ndarray:
         """Cosine of the (summed) centred history embeddings to every item of domain ``onto``."""
         cat = self.data.catalog
-        if self._centred is None:
-            emb = torch.from_numpy(cat.embeddings[1:])
-            self._centred = torch.nn.functional.normalize(emb - emb.mean(0), dim=-1)
-        q = torch.zeros(len(histories), self._centred.shape[1])
+        centred = self.centred()
+        q = torch.zeros(len(histories), centred.shape[1])
         for row, hist in enumerate(histories):
             items = hist if dom is None else hist[cat.domain[hist] == dom]
             items = items[-last:] if last else items
             if items.size:
-                q[row] = self._centred[torch.from_numpy(np.asarray(items - 1, np.int64))].sum(0)
+                q[row] = centred[torch.from_numpy(np.asarray(items - 1, np.int64))].sum(0)
         lo = cat.offset(onto) - 1
-        return (q @ self._centred[lo : lo + cat.count(onto)].T).numpy()
+        return (q @ centred[lo : lo + cat.count(onto)].T).numpy()
 
     def text_onto(self, histories: Sequence[np.ndarray], dom: int) -> np.ndarray:
         """Cosine to the last item of domain ``dom``, over domain ``dom``'s own catalogue: the
@@ -99,6 +168,8 @@ class TrainingFreeScorers:
             return self.knn.scores(self._split(histories, TARGET)).astype(np.float32)
         if name == "source_cooc":
             return self.cooc.scores(self._split(histories, SOURCE)).astype(np.float32)
+        if name == "text_knn":
+            return self.text_knn(histories)
         if name == "text_last_target":
             return self.text_cosine(histories, TARGET, 1)
         if name == "text_source":
