@@ -91,6 +91,9 @@ def seed_verdicts(res: dict) -> dict:
         sr, _ = _tail(seg["sasrec"])
         out["tail_text"], out["tail_sasrec"], out["tail_n"] = t, sr, n
         out["tail_ratio"] = t / sr if sr > 0 else float("inf")
+        if "routed" in seg:
+            out["tail_routed"] = _tail(seg["routed"])[0]
+            out["tail_routed_ratio"] = out["tail_routed"] / sr if sr > 0 else float("inf")
     name, val = _best_training_free(res.get("diagnose", {}))
     if "zero_shot" in test and name:
         out["best_training_free"], out["best_training_free_ndcg10"] = name, val

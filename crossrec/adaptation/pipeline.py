@@ -375,6 +375,10 @@ def check_language(results: dict) -> dict:
         sr, _ = _pooled(seg["sasrec"]["item"], tail)
         out["tail_items_text_vs_sasrec"] = {"text_model": chosen, "text": t, "sasrec": sr, "n_test_events": n,
                                             "ratio": t / sr if sr > 0 else float("inf"), "target": 3.0, "met": bool(sr == 0 and t > 0 or (sr > 0 and t / sr >= 3.0))}
+        if "routed" in seg:
+            r, _ = _pooled(seg["routed"]["item"], tail)
+            out["tail_items_routed_vs_sasrec"] = {"routed": r, "sasrec": sr, "n_test_events": n, "ratio": r / sr if sr > 0 else float("inf"),
+                                                  "target": 3.0, "met": bool(sr == 0 and r > 0 or (sr > 0 and r / sr >= 3.0))}
     if "sasrec" in test:
         s_ = test["sasrec"]["NDCG@10"]["mean"]
         for name in (chosen, "routed"):
