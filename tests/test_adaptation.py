@@ -502,6 +502,13 @@ def test_partial_results_come_before_the_fraction_curve_and_bench_summary_averag
     assert s["test"]["target_only"]["NDCG@10"]["sd"] == pytest.approx(0.01 / np.sqrt(2))
     assert s["test"]["popularity"]["NDCG@10"]["sd"] == pytest.approx(0.0)
     assert s["verdicts"]["text_vs_sasrec"]["values"][1] > s["verdicts"]["text_vs_sasrec"]["values"][0]
+    # the routed model's tail-item NDCG@10 (test items with < 5 training interactions), pooled by count
+    from crossrec.evaluation import ITEM_SEGMENTS
+
+    tail = [res["segments"]["routed"]["item"][g] for g in ITEM_SEGMENTS[:2] if res["segments"]["routed"]["item"][g]["n_users"]]
+    pooled = sum(g["NDCG@10"] * g["n_users"] for g in tail) / sum(g["n_users"] for g in tail)
+    assert res["targets"]["language_and_signal"]["tail_items_routed_vs_sasrec"]["routed"] == pytest.approx(pooled)
+    assert s["verdicts_per_seed"][0]["tail_routed"] == pytest.approx(pooled)
     assert "| target_only |" in (out / "summary.md").read_text()
     (out / "seed2.json").unlink()  # a seed cut off by a time limit: the summary covers the others
     assert summarise(out)["main"]["seeds"] == [1]
