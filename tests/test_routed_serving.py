@@ -181,6 +181,20 @@ def test_a_popularity_route_serves_the_stored_counts_and_older_tables_load(route
     assert thin_masked.route == "item_knn" and order[0] not in [i for i, _ in thin_masked]
 
 
+def test_a_table_that_uses_text_knn_needs_its_stored_neighbours(routed_work: Path, tmp_path: Path) -> None:
+    """Without ``routing/text_knn.npz`` (an artifact written before text_knn existed) a table
+    whose routes never name it loads; one with text_knn in a blend is refused at load."""
+    reg = registry_for(routed_work)
+    art = tmp_path / "art"
+    shutil.copytree(reg.path(reg.current()), art)
+    (art / "routing" / "text_knn.npz").unlink()
+    RoutedRecommender("vOld", art)  # the fixture's table: source_cooc, item_knn, a blend without text_knn
+    table = RoutingTable({"3+": RouteChoice("3+", "blend", 10, blend_weights={"model": 1.0, "text_knn": 0.1})}, "target_only")
+    (art / "routing" / "routing.json").write_text(json.dumps(table.to_dict()))
+    with pytest.raises(FileNotFoundError, match="text_knn"):
+        RoutedRecommender("vNew", art)
+
+
 def _reference_routed(rr: RoutedRecommender, histories: list[list[tuple[str, str]]], k: int) -> list[tuple[str, list[tuple[str, float]]]]:
     """Each user's routed list the plain way: per user, the dense score matrix of its segment's
     route (the model's logits normalised in fresh memory, the fitted co-occurrence scorers' dense

@@ -362,7 +362,7 @@ class RoutedRecommender(Recommender):
             self._text = TextNeighbours(z["cols"], z["values"])
             if self._text.cols.shape[0] != self.n_trained_targets:
                 raise ValueError(f"{path}: text_knn covers {self._text.cols.shape[0]} target items but the model has {self.n_trained_targets}")
-        elif any(c.route == "text_knn" or (c.route == "blend" and c.blend_weights.get("text_knn")) for c in self.table.routes.values()):
+        elif any("text_knn" in (route, *weights) for route, weights in map(self.route_of_segment, self.table.routes)):
             raise FileNotFoundError(f"{path}: the routing table uses text_knn but routing/text_knn.npz is missing")
 
     def route_of_segment(self, segment: str) -> tuple[str, dict[str, float]]:

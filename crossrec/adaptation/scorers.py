@@ -102,8 +102,13 @@ class TrainingFreeScorers:
     _neighbours: TextNeighbours | None = None
 
     @classmethod
-    def fit(cls, data: AdaptData, train_seqs: list[UserSeq]) -> "TrainingFreeScorers":
-        return cls(data, Popularity.fit(data, train_seqs), ItemKNN.fit(data, train_seqs), ItemKNN.fit(data, train_seqs, history_domain=SOURCE))
+    def fit(cls, data: AdaptData, train_seqs: list[UserSeq], neighbours: TextNeighbours | None = None) -> "TrainingFreeScorers":
+        """``neighbours``: text_knn's table of the same catalogue, when already computed (it
+        depends on the texts only, so a run's fractions share one)."""
+        return cls(
+            data, Popularity.fit(data, train_seqs), ItemKNN.fit(data, train_seqs), ItemKNN.fit(data, train_seqs, history_domain=SOURCE),
+            _neighbours=neighbours,
+        )
 
     def _split(self, histories: Sequence[np.ndarray], dom: int) -> list[np.ndarray]:
         cat = self.data.catalog
@@ -118,8 +123,7 @@ class TrainingFreeScorers:
         return self._centred
 
     def text_neighbours(self) -> TextNeighbours:
-        """text_knn's table (computed on first use: it depends on the texts only, not on the
-        training users, so every fraction and seed of a catalogue gets the same one)."""
+        """text_knn's table (computed on first use, unless ``fit`` was given it)."""
         if self._neighbours is None:
             cat = self.data.catalog
             lo = cat.target_offset - 1
