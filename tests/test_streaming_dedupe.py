@@ -38,6 +38,27 @@ def test_state_per_user_stays_bounded_and_recent_ids_are_recognised(applier: His
     assert applier.apply(_events("u2", range(0, 1)) + _events("u1", range(60, 61))) == [APPLIED, APPLIED]
 
 
+def test_apply_and_read_returns_each_users_history_as_it_stands_after_the_batch(applier: HistoryApplier, redis_client) -> None:
+    """One round trip applies and reads: each user's history after their last event of the batch,
+    whatever that event's outcome, and again after the server lost its scripts (NOSCRIPT re-run)."""
+    schema = applier.schema
+    applier.apply(_events("u1", range(20, 50)))  # u1's window is full: e30 to e49
+    batch = _events("u1", range(50, 52)) + _events("u2", range(0, 2)) + _events("u1", range(51, 52)) + _events("u3", range(0, 1))
+    batch += _events("u3", range(0, 1)) + _events("u1", range(1, 2))  # u3's last is a duplicate; u1's last is outside the window
+    outcomes, histories = applier.apply_and_read(batch)
+    assert outcomes == [APPLIED, APPLIED, APPLIED, APPLIED, DUPLICATE, APPLIED, DUPLICATE, OUTSIDE_WINDOW]
+    assert set(histories) == {"u1", "u2", "u3"}
+    for user in ("u1", "u2", "u3"):
+        assert histories[user] == redis_client.lrange(schema.history(user), 0, -1)
+    assert [HistoryEvent.from_json(e).item_id for e in histories["u1"]] == ["o51", "o50", "o49", "o48", "o47"]
+    assert [HistoryEvent.from_json(e).item_id for e in histories["u2"]] == ["o1", "o0"]
+    redis_client.script_flush()
+    outcomes, histories = applier.apply_and_read(_events("u2", range(2, 3)))
+    assert outcomes == [APPLIED]
+    assert [HistoryEvent.from_json(e).item_id for e in histories["u2"]] == ["o2", "o1", "o0"]
+    assert applier.apply_and_read([]) == ([], {})
+
+
 def test_dedupe_key_shares_the_users_hash_tag() -> None:
     key = KeySchema("crossrec").dedupe("user-7")
     assert key == "crossrec:dedupe:{user-7}"

@@ -149,7 +149,8 @@ class _Batch:
     stage_s: dict[str, float] = field(default_factory=dict)
     freshness: list[tuple[float, float]] = field(default_factory=list)
     corrupt: dict[str, list[bytes]] = field(default_factory=dict)  # user -> unreadable history entries
-    histories: dict[str, list[HistoryEvent]] | None = None  # what scoring read; the feature push reuses it
+    raw_histories: dict[str, list[bytes]] = field(default_factory=dict)  # each touched user's stored history after the apply
+    histories: dict[str, list[HistoryEvent]] | None = None  # what scoring decoded; the feature push reuses it
     touched: list[str] = field(default_factory=list)  # users whose features the batch pushes
 
 
@@ -359,8 +360,9 @@ class RecsConsumer:
             return dict.fromkeys(out.touched, ())  # the child reads the users' histories itself
         if out.histories is not None:
             return out.histories
-        users = out.touched  # no model scored the batch: read the histories for the push
-        return self.history.read_events(users, self.decoder)
+        # No model scored the batch: decode what the apply read back (unreadable entries are left
+        # out: the push has no one to report them to; the scoring path reports them).
+        return {user: self.decoder.decode(out.raw_histories.get(user, []))[0] for user in out.touched}
 
     def _settle(self, wait_all: bool = False) -> None:
         """Commit the oldest pending batches whose pushes are done (all of them with ``wait_all``).
@@ -514,13 +516,15 @@ class RecsConsumer:
             return results
 
     def _apply_events(self, events: list[tuple[Any, EventMessage]], out: _Batch) -> dict[str, list[Any]]:
-        """Dedupe + push every event in one pipeline; returns user -> the batch's records of them."""
+        """Dedupe + push every event in one pipeline, which also reads back each user's history;
+        returns user -> the batch's records of them."""
         pending = [
             PendingEvent(e.user_id, e.event_id, e.ts_ms, HistoryEvent(e.domain, e.item_id, e.event_type, e.ts_ms / 1000.0))
             for _, e in events
         ]
         touched: dict[str, list[Any]] = {}
-        for (record, event), outcome in zip(events, self.history.apply(pending)):
+        outcomes, out.raw_histories = self.history.apply_and_read(pending)
+        for (record, event), outcome in zip(events, outcomes):
             if outcome == OUTSIDE_WINDOW:
                 self._dead_letter(out, record, OUTSIDE_DEDUPE_WINDOW, f"{event.user_id}/{event.event_id}")
                 continue
@@ -534,12 +538,11 @@ class RecsConsumer:
         return touched
 
     def _score(self, touched: dict[str, list[Any]], out: _Batch) -> dict[str, list[RecItem]]:
-        """Read every touched history (one round trip) and score all users in one matmul."""
+        """Decode every touched history (read back by the apply) and score all users in one matmul."""
         assert self.scorer is not None
-        users = list(touched)
         histories: dict[str, list[HistoryEvent]] = {}
-        for user, raw in zip(users, self.history.read_histories(users)):
-            entries, bad = self.decoder.decode(raw)
+        for user in touched:
+            entries, bad = self.decoder.decode(out.raw_histories[user])
             if bad:
                 # The events that led here are reported; the unreadable entries are removed in
                 # the write pipeline, so the user's next events score normally again.

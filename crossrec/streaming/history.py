@@ -30,23 +30,31 @@ from crossrec.publish import LuaScripts
 APPLIED, DUPLICATE, OUTSIDE_WINDOW = 1, 0, 2
 
 # KEYS[1] = dedupe zset, KEYS[2] = history list
-# ARGV = event id, event ms, history entry json, history cap, dedupe window
+# ARGV = event id, event ms, history entry json, history cap, dedupe window, read back ('1': return
+# {outcome, the history after this event} instead of the outcome alone)
 _APPLY_EVENT_LUA = """
+local outcome = 1
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  return 0
-end
-local window = tonumber(ARGV[5])
-if redis.call('ZCARD', KEYS[1]) >= window then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  if tonumber(ARGV[2]) < tonumber(oldest[2]) then
-    return 2
+  outcome = 0
+else
+  local window = tonumber(ARGV[5])
+  if redis.call('ZCARD', KEYS[1]) >= window then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    if tonumber(ARGV[2]) < tonumber(oldest[2]) then
+      outcome = 2
+    end
+  end
+  if outcome == 1 then
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+    redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(window + 1))
+    redis.call('LPUSH', KEYS[2], ARGV[3])
+    redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[4]) - 1)
   end
 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(window + 1))
-redis.call('LPUSH', KEYS[2], ARGV[3])
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[4]) - 1)
-return 1
+if ARGV[6] == '1' then
+  return {outcome, redis.call('LRANGE', KEYS[2], 0, -1)}
+end
+return outcome
 """
 
 
@@ -77,14 +85,35 @@ class HistoryApplier:
         Redis runs a pipeline's commands in order, so two events of one user in a batch are
         pushed in the order they were polled, as with one call per event.
         """
+        return self._run(events, read_back=False)[0]
+
+    def apply_and_read(self, events: Sequence[PendingEvent]) -> tuple[list[int], dict[str, list[bytes]]]:
+        """``apply``, plus each user's raw newest-first history as it stands after the batch.
+
+        Why: scoring needs the histories the batch just changed; the script of each user's last
+        event in the batch returns them, so the batch costs one round trip instead of two, and a
+        script re-run after NOSCRIPT still returns what it wrote.
+        """
+        return self._run(events, read_back=True)
+
+    def _run(self, events: Sequence[PendingEvent], *, read_back: bool) -> tuple[list[int], dict[str, list[bytes]]]:
         if not events:
-            return []
+            return [], {}
+        last = {ev.user_id: i for i, ev in enumerate(events)} if read_back else {}
         calls = [
             ("apply_event", [self.schema.dedupe(ev.user_id), self.schema.history(ev.user_id)],
-             [ev.event_id, ev.ts_ms, ev.entry.to_json(), self.history_cap, self.dedupe_window])
-            for ev in events
+             [ev.event_id, ev.ts_ms, ev.entry.to_json(), self.history_cap, self.dedupe_window, "1" if last.get(ev.user_id) == i else "0"])
+            for i, ev in enumerate(events)
         ]
-        return [int(r) for r in self._scripts.run(calls, len(calls))]
+        outcomes: list[int] = []
+        histories: dict[str, list[bytes]] = {}
+        for ev, reply in zip(events, self._scripts.run(calls, len(calls))):
+            if isinstance(reply, list):
+                outcomes.append(int(reply[0]))
+                histories[ev.user_id] = list(reply[1])
+            else:
+                outcomes.append(int(reply))
+        return outcomes, histories
 
     def read_histories(self, users: Sequence[str]) -> list[list[bytes]]:
         """Raw newest-first history entries of each user, one round trip."""
