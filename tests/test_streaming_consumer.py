@@ -84,6 +84,32 @@ def test_bad_messages_go_to_the_dead_letter_topic_with_reasons(settings: Setting
     assert any(l["value"] == "{not json" for l in letters)  # the original bytes are kept
 
 
+def test_a_found_item_is_not_looked_up_again_and_a_missing_one_is_asked_again(settings: Settings, redis_client) -> None:
+    """The known-item check remembers items found in the catalogue (no EXISTS for them later),
+    never items not found: one published after its first event is accepted at its next."""
+    def exists_calls() -> int:
+        return int(redis_client.info("commandstats").get("cmdstat_exists", {}).get("calls", 0))
+
+    schema = KeySchema(settings.key_prefix)
+    consumer = _consumer(settings, CatalogueScorer("m1", ["o1", "o2", "o99"]))
+    try:
+        produce(settings, settings.kafka.events_topic, [make_event("u1", "office", "o1", 1_600_000_000_000), make_event("u2", "office", "o99", 1_600_000_000_001)])
+        stats = consumer.run(max_events=2, max_seconds=30)
+        assert stats.applied == 1 and dict(stats.dead_lettered) == {"unknown_item": 1}
+        before = exists_calls()
+        produce(settings, settings.kafka.events_topic, [make_event("u1", "office", "o1", 1_600_000_000_002)])
+        stats = consumer.run(max_events=3, max_seconds=30)
+        assert stats.applied == 2 and exists_calls() == before  # o1 was found before: no look-up
+        redis_client.hset(schema.item("office", "o99"), mapping={"title": "office o99"})  # published since
+        produce(settings, settings.kafka.events_topic, [make_event("u2", "office", "o99", 1_600_000_000_003)])
+        stats = consumer.run(max_events=4, max_seconds=30)
+        assert stats.applied == 3 and dict(stats.dead_lettered) == {"unknown_item": 1}
+        assert exists_calls() == before + 1
+    finally:
+        consumer.close()
+    assert [h.item_id for h in read_history(redis_client, settings, "u2")] == ["o99"]
+
+
 def test_crash_before_commit_loses_nothing_and_duplicates_nothing(settings: Settings, redis_client) -> None:
     events = [make_event("u1", "office", f"o{i}", 1_600_000_000_000 + i, event_id=f"e{i}") for i in range(6)]
     produce(settings, settings.kafka.events_topic, events)

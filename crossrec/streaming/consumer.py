@@ -71,6 +71,7 @@ from crossrec.streaming.pushproc import ChildPush
 log = logging.getLogger(__name__)
 
 FRESHNESS_SAMPLES = 200_000  # newest produce-to-list latencies kept for the stats file
+KNOWN_ITEMS = 200_000  # catalogue items a consumer remembers as found (about 40 MB at most)
 
 # Dead-letter reasons the consumer adds to the parser's.
 UNKNOWN_ITEM = "unknown_item"
@@ -201,6 +202,7 @@ class RecsConsumer:
             self.writer.client, self.schema, history_cap=self.writer.history_cap, dedupe_window=cfg.dedupe_window
         )
         self.decoder = HistoryDecoder()
+        self._known_items: set[tuple[str, str]] = set()  # catalogue hashes found once (never deleted)
         self.scorer_factory = scorer_factory
         self.scorer: Scorer | None = None
         self.known_domains = set(settings.domains)
@@ -455,15 +457,28 @@ class RecsConsumer:
     def _known_items_only(
         self, events: list[tuple[Any, EventMessage]], new_items: set[tuple[str, str]], out: _Batch
     ) -> list[tuple[Any, EventMessage]]:
-        """Drop (dead-letter) events whose item has no catalogue hash; one round trip per batch."""
-        keys = sorted({(e.domain, e.item_id) for _, e in events} - new_items)
-        pipe = self.writer.client.pipeline(transaction=False)
-        for domain, item_id in keys:
-            pipe.exists(self.schema.item(domain, item_id))
-        known = {key for key, found in zip(keys, pipe.execute()) if found} | new_items
+        """Drop (dead-letter) events whose item has no catalogue hash.
+
+        An item found once is remembered: nothing in the platform deletes an item hash (the
+        nightly publish merges, the stream adds), so only items not yet found cost a look-up, all
+        of them in one round trip; a batch of known items costs none. An item not found is asked
+        again at its next event (it may have been published since). The memory is bounded by
+        ``KNOWN_ITEMS`` (then it starts over).
+        """
+        known = self._known_items
+        keys = sorted({(e.domain, e.item_id) for _, e in events} - new_items - known)
+        if keys:
+            pipe = self.writer.client.pipeline(transaction=False)
+            for domain, item_id in keys:
+                pipe.exists(self.schema.item(domain, item_id))
+            found = [key for key, exists in zip(keys, pipe.execute()) if exists]
+            if len(known) + len(found) > KNOWN_ITEMS:
+                known.clear()
+            known.update(found)
         kept = []
         for record, event in events:
-            if (event.domain, event.item_id) in known:
+            key = (event.domain, event.item_id)
+            if key in known or key in new_items:
                 kept.append((record, event))
             else:
                 self._dead_letter(out, record, UNKNOWN_ITEM, f"{event.domain}/{event.item_id}")
