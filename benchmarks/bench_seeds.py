@@ -149,6 +149,7 @@ def summarise(out_dir: Path) -> dict:
                 "strategy": r.get("strategy_choice", {}),
                 "routes": r.get("routing", {}).get("routes"),
                 "sasrec": r.get("hyper_parameter_search", {}).get("sasrec", {}).get("kept"),
+                "id_shrink_k": {n: c["id_shrink"]["kept"] for n, c in r.get("hyper_parameter_search", {}).items() if "id_shrink" in c},
                 "select_ndcg10": {n: v["mean"] for n, v in r.get("select_ndcg10", {}).items()},
                 "run_s": r.get("run", {}).get("total_s"),
                 "device": r.get("run", {}).get("train", {}).get("device"),

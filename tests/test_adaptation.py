@@ -205,6 +205,38 @@ def test_sasrec_is_self_attention_over_ids_with_its_own_hyper_parameters(data) -
         STRATEGIES["sasrec"](RunContext(data, ModelConfig(in_dim=16, dim=16, max_len=12), TrainConfig(sasrec_grid=[{"magic": 1}]), 0, 1.0))
 
 
+def test_text_models_keep_the_id_shrinkage_that_scores_best_on_the_selection_set(data, monkeypatch) -> None:
+    """The kept k is the selection set's best and is folded into the model (the model as returned
+    scores what the report says); the factors come from the run's own training counts (rows of
+    items it never trained on become zero); an empty grid leaves the trained model as it was."""
+    import crossrec.adaptation.strategies as strategies
+    from crossrec.adaptation.trainer import score_eval_set
+    from crossrec.evaluation import per_user
+
+    def run(grid: list[float]):
+        ctx = RunContext(data, ModelConfig(in_dim=16, dim=16, max_len=12), TrainConfig(max_epochs=2, patience=2, selection_users=10, id_shrink_grid=grid), 0, 1.0)
+        return ctx, STRATEGIES["target_only"](ctx)
+
+    ctx, chosen = run([1.0, 1e6])
+    report = chosen.choice["id_shrink"]
+    assert set(report["select_ndcg10"]) == {"0", "1", "1e+06"}
+    best = max(report["select_ndcg10"], key=lambda k: (report["select_ndcg10"][k], -float(k)))
+    assert report["kept"] == float(best)
+    assert per_user(score_eval_set(chosen.model, data, ctx.eval_set("select", "target"))).mean() == pytest.approx(report["select_ndcg10"][best])
+    _, plain = run([])
+    assert plain.choice is None
+    trained_table = plain.model.items.ids.weight.detach()
+    assert trained_table.abs().sum() > 0
+    # a selection score that prefers the smallest offsets: the largest k is kept, with the run's counts
+    real = strategies.choose_id_shrink
+    monkeypatch.setattr(strategies, "choose_id_shrink", lambda model, counts, _score, grid: real(model, counts, lambda m: np.array([-float(m.items.ids.weight.abs().sum())]), grid))
+    ctx, shrunk = run([1.0, 1e6])
+    assert shrunk.choice["id_shrink"]["kept"] == 1e6
+    counts = torch.from_numpy(ctx.item_event_counts()).float()
+    assert torch.allclose(shrunk.model.items.ids.weight.detach(), trained_table * (counts / (counts + 1e6))[:, None])
+    assert (counts == 0).any() and shrunk.model.items.ids.weight.detach()[counts == 0].abs().sum() == 0
+
+
 def test_transformer_state_depends_on_the_items_not_only_on_the_positions() -> None:
     """At initialisation, two histories of the same length with different items must get clearly
     different states: with N(0, 1) position vectors (norm ~8 against unit item vectors) their

@@ -18,7 +18,8 @@ import torch
 from crossrec.adaptation.baselines import ItemKNN, Popularity, sasrec_model
 from crossrec.adaptation.data import SOURCE, TARGET, AdaptData, EvalSet, UserSeq, make_eval_set, make_eval_set_at, selection_positions, truncate_at, SPLIT_CODES
 from crossrec.adaptation.model import CrossDomainModel, ModelConfig
-from crossrec.evaluation import compute_metrics
+from crossrec.adaptation.shrinkage import choose_id_shrink, has_id_offsets, item_event_counts
+from crossrec.evaluation import compute_metrics, per_user
 from crossrec.adaptation.trainer import EpochLog, Phase, TrainConfig, ndcg10, resolve_device, score_eval_set, train_phase
 
 
@@ -76,6 +77,13 @@ class RunContext:
         key = ("selection", self.train_cfg.selection_users)
         if key not in self.cache:
             self.cache[key] = selection_positions(self.data, self.train_cfg.selection_users)
+        return self.cache[key]
+
+    def item_event_counts(self) -> np.ndarray:
+        """Training interactions per catalogue index, both domains, in what this run trains on."""
+        key = ("item_event_counts", self.seed, self.fraction)
+        if key not in self.cache:
+            self.cache[key] = item_event_counts(self.data.catalog.n_items, self.train_seqs("mixed"))
         return self.cache[key]
 
     def item_train_counts(self) -> np.ndarray:
@@ -168,7 +176,23 @@ def _finetune(ctx: RunContext, name: str, trainable: str) -> Trained:
     view = ctx.train_cfg.transfer_view
     seqs = [s for s in ctx.train_seqs(view) if (s.dom == TARGET).any()]
     res = train_phase(model, ctx.data, Phase(name, seqs, {TARGET}, view, trainable=trainable), ctx.train_cfg, ctx.seed, ctx.validator(view), ctx.progress)
-    return Trained(name, view, model=model, logs=logs + res.logs, best_valid=res.best_valid)
+    return _shrink_ids(ctx, Trained(name, view, model=model, logs=logs + res.logs, best_valid=res.best_valid))
+
+
+def _shrink_ids(ctx: RunContext, trained: Trained) -> Trained:
+    """Choose the ID-offset shrinkage of a text+id model on the selection set and fold it in
+    (``crossrec.adaptation.shrinkage``); the choice is kept in ``trained.choice``."""
+    grid = ctx.train_cfg.id_shrink_grid
+    if not grid or not has_id_offsets(trained.model):
+        return trained
+    model = trained.model
+    assert model is not None
+    sel = ctx.eval_set("select", trained.view)
+    report = choose_id_shrink(model, ctx.item_event_counts(), lambda m: per_user(score_eval_set(m, ctx.data, sel)), grid)
+    trained.choice = {"id_shrink": report}
+    if ctx.progress is not None:
+        ctx.progress(f"{trained.name}: ID offsets: {report['reason']}")
+    return trained
 
 
 @strategy("target_only")
@@ -177,7 +201,7 @@ def target_only(ctx: RunContext) -> Trained:
     model = ctx.new_model(whiten_on="target")
     seqs = [s for s in ctx.train_seqs("target") if s.items.size]
     res = train_phase(model, ctx.data, Phase("target_only", seqs, {TARGET}, "target"), ctx.train_cfg, ctx.seed, ctx.validator("target"), ctx.progress)
-    return Trained("target_only", "target", model=model, logs=res.logs, best_valid=res.best_valid)
+    return _shrink_ids(ctx, Trained("target_only", "target", model=model, logs=res.logs, best_valid=res.best_valid))
 
 
 @strategy("pretrain_finetune_all")
@@ -207,7 +231,7 @@ def joint_adversarial(ctx: RunContext) -> Trained:
         seqs = [s.view("source") for s in ctx.train_seqs("mixed")] + [s for s in ctx.train_seqs("target") if s.items.size]
     phase = Phase("joint_adversarial", seqs, {SOURCE, TARGET}, view, adversarial=True)
     res = train_phase(model, ctx.data, phase, ctx.train_cfg, ctx.seed, ctx.validator(view), ctx.progress)
-    return Trained("joint_adversarial", view, model=model, logs=res.logs, best_valid=res.best_valid)
+    return _shrink_ids(ctx, Trained("joint_adversarial", view, model=model, logs=res.logs, best_valid=res.best_valid))
 
 
 @strategy("zero_shot")

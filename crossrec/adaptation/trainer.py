@@ -58,6 +58,10 @@ class TrainConfig:
             {"lr": 1e-3, "dropout": 0.5, "max_epochs": 30, "patience": 4},
         ]
     )
+    # The shrinkage of each item's ID offset toward its text vector, c / (c + k) with c its training
+    # interactions (crossrec/adaptation/shrinkage.py): the k values tried on the selection set after
+    # training (the best on the selection set is kept, k = 0 included); empty = off.
+    id_shrink_grid: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0])
     # Where training runs: "cpu" (default, the path every test and the nightly take), "cuda", or
     # "auto" (cuda when torch sees one). Evaluation follows the model's device.
     device: str = "cpu"

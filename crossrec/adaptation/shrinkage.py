@@ -1,0 +1,80 @@
+"""Shrink each item's learned ID offset toward its text vector by the evidence behind it.
+
+Why: in the ``text+id`` item tower an item's vector is its text vector plus a learned ID offset.
+The sampled softmax draws negatives uniformly from the catalogue, so an item seen a few times in
+training (or never) gets its offset mostly from being a negative: the offset pushes rare and unseen
+items down, exactly where IDs know least and the text knows as much as anywhere. Scaling each
+offset by ``c / (c + k)``, with ``c`` the item's training interactions, keeps the offsets of
+well-observed items and returns a rare item to its text vector (an unseen one entirely): the usual
+shrinkage of a per-item estimate toward a prior by its count, with the text as the prior.
+
+``k`` is a hyper-parameter of the model, chosen like SASRec's grid: after training, the ``k`` of
+``TrainConfig.id_shrink_grid`` (or ``k = 0``, the model as trained) with the best selection-set
+NDCG@10 is folded into the ID table, so a saved model carries it and serving needs nothing new. The
+paired bootstrap CI of its gain over ``k = 0`` is reported with it. Measured on Art -> Office
+(target_only, seeds 42 / 43 / 44): k = 10 / 3 / 10 kept, +4.3 / +2.7 / +3.2 % on the selection
+set, each CI including zero; on test users the overall NDCG@10 moved +0.3 / +2.0 / +3.1 % and the
+tail (held-out item with fewer than 5 training interactions) went from .0032 / .0055 / .0000 to
+.0142 / .0104 / .0078.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from crossrec.adaptation.data import UserSeq
+from crossrec.adaptation.model import CrossDomainModel, HybridItemTower
+from crossrec.evaluation import paired_bootstrap
+
+
+def item_event_counts(n_items: int, seqs: Iterable[UserSeq]) -> np.ndarray:
+    """Training interactions per catalogue index (both domains) in ``seqs``."""
+    counts = np.zeros(n_items, np.int64)
+    for s in seqs:
+        np.add.at(counts, s.items, 1)
+    return counts
+
+
+def shrink_factors(counts: np.ndarray, k: float) -> torch.Tensor:
+    """``c / (c + k)`` per item (all ones for ``k = 0``: no shrinkage)."""
+    c = torch.from_numpy(np.asarray(counts, np.float32))
+    return torch.ones_like(c) if k <= 0 else c / (c + k)
+
+
+def has_id_offsets(model: CrossDomainModel | None) -> bool:
+    return model is not None and isinstance(model.items, HybridItemTower)
+
+
+@torch.no_grad()
+def choose_id_shrink(
+    model: CrossDomainModel, counts: np.ndarray, per_user_ndcg: Callable[[CrossDomainModel], np.ndarray], grid: Sequence[float]
+) -> dict:
+    """Try every ``k`` of ``grid`` on the selection set, fold the kept one into ``model``'s ID table.
+
+    ``per_user_ndcg(model)``: the selection users' NDCG@10 under the model as it stands. Returns
+    what was tried and kept, with the CI of the kept ``k`` against no shrinkage (``k = 0``).
+    """
+    table = model.items.ids.weight  # type: ignore[union-attr]
+    trained = table.detach().clone()
+    factors = {float(k): shrink_factors(counts, k).to(table.device) for k in sorted({0.0, *map(float, grid)})}
+    per: dict[float, np.ndarray] = {}
+    for k, f in factors.items():
+        table.copy_(trained * f[:, None])
+        per[k] = per_user_ndcg(model)
+    kept = max(per, key=lambda k: (per[k].mean(), -k))  # a tie keeps the smaller shrinkage
+    ci = paired_bootstrap(per[kept], per[0.0])
+    if kept == 0.0:
+        reason = "no shrinkage: no k beats the model as trained on the selection set"
+    else:
+        sure = "excludes" if ci["lo"] > 0 else "includes"
+        reason = f"k={kept:g}: {ci['rel']:+.1%} over no shrinkage on the selection set (95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}] {sure} zero)"
+    table.copy_(trained * factors[kept][:, None])
+    return {
+        "select_ndcg10": {f"{k:g}": float(v.mean()) for k, v in per.items()},
+        "ci_kept_vs_none": ci,
+        "kept": kept,
+        "reason": reason,
+    }
