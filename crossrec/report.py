@@ -145,8 +145,13 @@ def render_html(results: dict) -> str:
         parts.append(_table(["strategy", "selection NDCG@10", "valid NDCG@10 (early stopping)"], [[n, v["mean"], results.get("valid_ndcg10", {}).get(n, {}).get("mean", float("nan"))] for n, v in sel.items()]))
     hp = results.get("hyper_parameter_search", {})
     for name, c in hp.items():
-        parts.append(f"<h3>{html.escape(name)}: own hyper-parameters chosen on the selection set</h3>")
-        parts.append(_table(["params", "selection NDCG@10", "best valid NDCG@10", "epochs"], [[json.dumps(t["params"]), t["select_ndcg10"], t["valid_ndcg10"] if t["valid_ndcg10"] is not None else float("nan"), t["epochs"]] for t in c["tried"]]))
+        if "tried" in c:
+            parts.append(f"<h3>{html.escape(name)}: own hyper-parameters chosen on the selection set</h3>")
+            parts.append(_table(["params", "selection NDCG@10", "best valid NDCG@10", "epochs"], [[json.dumps(t["params"]), t["select_ndcg10"], t["valid_ndcg10"] if t["valid_ndcg10"] is not None else float("nan"), t["epochs"]] for t in c["tried"]]))
+        if "id_shrink" in c:
+            shrink = c["id_shrink"]
+            parts.append(f"<h3>{html.escape(name)}: ID offsets shrunk by c/(c+k), k chosen on the selection set</h3><p>{html.escape(str(shrink['reason']))}</p>")
+            parts.append(_table(["k (0: as trained)", "selection NDCG@10"], [[k, v] for k, v in shrink["select_ndcg10"].items()]))
     routing = results.get("routing")
     if routing:
         parts.append(f"<h2>Routed model ({html.escape(str(routing.get('strategy')))} + training-free routes, chosen per segment on the selection set)</h2>")

@@ -286,6 +286,10 @@ def test_pipeline_end_to_end_report_registry_gate_and_inference(work: Path, data
     assert len(res["test"]["target_only"]["NDCG@10"]["values"]) == 2  # two seeds, spread reported
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
+    # each text model's ID-offset shrinkage is reported with what the selection set said of each k
+    shrink = res["hyper_parameter_search"]["target_only"]["id_shrink"]
+    assert set(shrink["select_ndcg10"]) == {"0", "1", "3", "10", "30", "100"}
+    assert "target_only: ID offsets shrunk by c/(c+k)" in html and html.count("k (0: as trained)") == sum("id_shrink" in c for c in res["hyper_parameter_search"].values()) >= 3
     assert set(res["fractions"]) >= {"target_only", "popularity", "item_knn", "sasrec"} and "0.5" in res["fractions"]["target_only"]
     # every strategy and baseline has every metric per user and item segment, with user counts
     from crossrec.evaluation import ITEM_SEGMENTS, USER_SEGMENTS
