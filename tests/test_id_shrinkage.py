@@ -42,7 +42,22 @@ def test_the_best_k_is_folded_into_the_id_table_and_unseen_items_keep_their_text
     table = model.items.ids.weight.detach()
     assert torch.allclose(table, trained * torch.tensor([0.0, 0.0, 1 / 11, 0.5, 100 / 110])[:, None])
     assert torch.equal(table[:2], torch.zeros(2, 4))  # never seen: the text vector alone
-    assert "k=10" in report["reason"] and report["ci_kept_vs_none"]["n_users"] == 4
+    assert "k=10" in report["reason"] and report["ci_best_vs_none"]["n_users"] == 4
+
+
+def test_a_gain_whose_interval_includes_zero_keeps_the_model_as_trained() -> None:
+    model, trained = _model()
+    counts = np.array([0, 0, 1, 10, 100])
+    noisy = np.array([1.0, -1.0, 1.0, -1.0])  # shrinkage helps some users and hurts as many
+
+    def score(m: CrossDomainModel) -> np.ndarray:
+        shrunk = float(m.items.ids.weight[0].abs().sum()) == 0.0
+        return 0.5 + (0.2 * noisy + 0.01 if shrunk else 0.0 * noisy)
+
+    report = choose_id_shrink(model, counts, score, [10])
+    assert report["best"] == 10.0 and report["ci_best_vs_none"]["includes_zero"]
+    assert report["kept"] == 0.0 and "includes zero" in report["reason"]
+    assert torch.equal(model.items.ids.weight.detach(), trained)
 
 
 def test_a_tie_keeps_the_model_as_trained() -> None:

@@ -60,7 +60,7 @@ class TrainConfig:
     )
     # The shrinkage of each item's ID offset toward its text vector, c / (c + k) with c its training
     # interactions (crossrec/adaptation/shrinkage.py): the k values tried on the selection set after
-    # training (the best on the selection set is kept, k = 0 included); empty = off.
+    # training (the best is kept only when its CI against no shrinkage excludes zero); empty = off.
     id_shrink_grid: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0])
     # Where training runs: "cpu" (default, the path every test and the nightly take), "cuda", or
     # "auto" (cuda when torch sees one). Evaluation follows the model's device.
