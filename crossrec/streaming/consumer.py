@@ -6,7 +6,8 @@ Per poll (at most ``streaming.max_poll_records`` messages, which bounds a batch'
    is refused when ``streaming.require_known_items``);
 2. **apply**: catalogue items are embedded in one encoder call and stored (display hash and text
    vector, see :mod:`crossrec.streaming.catalog`); events go to the histories through the dedupe
-   script, all in one pipeline (see :mod:`crossrec.streaming.history`);
+   script, all in one pipeline that also reads back each touched user's history (see
+   :mod:`crossrec.streaming.history`);
 3. **score** every touched user of the batch with one matmul over the target catalogue;
 4. **write** every list in one pipeline;
 4b. **push** the touched users' fresh features to Feast (:mod:`crossrec.features.push`), in a
