@@ -58,9 +58,12 @@ def choose_id_shrink(
     ``per_user_ndcg(model)``: the selection users' NDCG@10 under the model as it stands. Returns
     what was tried, the best ``k`` with its CI against no shrinkage (``k = 0``), and what was kept.
     """
-    table = model.items.ids.weight  # type: ignore[union-attr]
+    items = model.items
+    if not isinstance(items, HybridItemTower):
+        raise TypeError("only a text+id item tower has ID offsets to shrink")
+    table: torch.Tensor = items.ids.weight
     trained = table.detach().clone()
-    factors = {float(k): shrink_factors(counts, k).to(table.device) for k in sorted({0.0, *map(float, grid)})}
+    factors = {float(k): shrink_factors(counts, k).to(trained.device) for k in sorted({0.0, *map(float, grid)})}
     per: dict[float, np.ndarray] = {}
     for k, f in factors.items():
         table.copy_(trained * f[:, None])
