@@ -24,25 +24,25 @@ def applier(services_settings: Settings, redis_client) -> HistoryApplier:
 
 
 def test_state_per_user_stays_bounded_and_recent_ids_are_recognised(applier: HistoryApplier, redis_client) -> None:
-    assert applier.apply(_events("u1", range(50))) == [APPLIED] * 50
+    assert applier.apply_and_read(_events("u1", range(50)))[0] == [APPLIED] * 50
     schema = applier.schema
     assert redis_client.zcard(schema.dedupe("u1")) == WINDOW  # not 50 keys: one bounded set
     assert redis_client.llen(schema.history("u1")) == CAP
     assert not redis_client.keys(f"{schema.prefix}:seen:*")
     # a re-delivery of the newest WINDOW events changes nothing
-    assert applier.apply(_events("u1", range(30, 50))) == [DUPLICATE] * WINDOW
+    assert applier.apply_and_read(_events("u1", range(30, 50)))[0] == [DUPLICATE] * WINDOW
     assert [HistoryEvent.from_json(e).item_id for e in redis_client.lrange(schema.history("u1"), 0, -1)] == ["o49", "o48", "o47", "o46", "o45"]
     # older than every remembered id: reported, not applied and not silently dropped
-    assert applier.apply(_events("u1", range(5, 6))) == [OUTSIDE_WINDOW]
+    assert applier.apply_and_read(_events("u1", range(5, 6)))[0] == [OUTSIDE_WINDOW]
     # other users are independent; a newer event of u1 applies
-    assert applier.apply(_events("u2", range(0, 1)) + _events("u1", range(60, 61))) == [APPLIED, APPLIED]
+    assert applier.apply_and_read(_events("u2", range(0, 1)) + _events("u1", range(60, 61)))[0] == [APPLIED, APPLIED]
 
 
 def test_apply_and_read_returns_each_users_history_as_it_stands_after_the_batch(applier: HistoryApplier, redis_client) -> None:
     """One round trip applies and reads: each user's history after their last event of the batch,
     whatever that event's outcome, and again after the server lost its scripts (NOSCRIPT re-run)."""
     schema = applier.schema
-    applier.apply(_events("u1", range(20, 50)))  # u1's window is full: e30 to e49
+    applier.apply_and_read(_events("u1", range(20, 50)))  # u1's window is full: e30 to e49
     batch = _events("u1", range(50, 52)) + _events("u2", range(0, 2)) + _events("u1", range(51, 52)) + _events("u3", range(0, 1))
     batch += _events("u3", range(0, 1)) + _events("u1", range(1, 2))  # u3's last is a duplicate; u1's last is outside the window
     outcomes, histories = applier.apply_and_read(batch)

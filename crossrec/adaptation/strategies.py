@@ -87,14 +87,10 @@ class RunContext:
         return self.cache[key]
 
     def item_train_counts(self) -> np.ndarray:
-        """Training interactions per target item (local index) in what this run trains on."""
-        key = ("item_counts", self.seed, self.fraction)
-        if key not in self.cache:
-            counts = np.zeros(self.data.catalog.n_target, np.int64)
-            for s in self.train_seqs("target"):
-                np.add.at(counts, s.items - self.data.catalog.target_offset, 1)
-            self.cache[key] = counts
-        return self.cache[key]
+        """Training interactions per target item (local index) in what this run trains on: the
+        target slice of ``item_event_counts`` (the run's target events are the same in either view)."""
+        cat = self.data.catalog
+        return self.item_event_counts()[cat.target_offset : cat.target_offset + cat.n_target]
 
     def target_users(self) -> set[str]:
         """The fraction of training users whose target-domain events may be trained on."""

@@ -79,30 +79,22 @@ class HistoryApplier:
         # Run by SHA through the writer's script runner, so the same pipeline works on a cluster.
         self._scripts = LuaScripts(client, {"apply_event": _APPLY_EVENT_LUA})
 
-    def apply(self, events: Sequence[PendingEvent]) -> list[int]:
-        """One outcome per event, in order: ``APPLIED``, ``DUPLICATE`` or ``OUTSIDE_WINDOW``.
+    def apply_and_read(self, events: Sequence[PendingEvent]) -> tuple[list[int], dict[str, list[bytes]]]:
+        """One outcome per event, in order (``APPLIED``, ``DUPLICATE`` or ``OUTSIDE_WINDOW``), and
+        each user's raw newest-first history as it stands after the batch.
 
         Redis runs a pipeline's commands in order, so two events of one user in a batch are
-        pushed in the order they were polled, as with one call per event.
+        pushed in the order they were polled, as with one call per event. Why the read-back:
+        scoring needs the histories the batch just changed; the script of each user's last event
+        in the batch returns them, so the batch costs one round trip instead of two, and a script
+        re-run after NOSCRIPT still returns what it wrote.
         """
-        return self._run(events, read_back=False)[0]
-
-    def apply_and_read(self, events: Sequence[PendingEvent]) -> tuple[list[int], dict[str, list[bytes]]]:
-        """``apply``, plus each user's raw newest-first history as it stands after the batch.
-
-        Why: scoring needs the histories the batch just changed; the script of each user's last
-        event in the batch returns them, so the batch costs one round trip instead of two, and a
-        script re-run after NOSCRIPT still returns what it wrote.
-        """
-        return self._run(events, read_back=True)
-
-    def _run(self, events: Sequence[PendingEvent], *, read_back: bool) -> tuple[list[int], dict[str, list[bytes]]]:
         if not events:
             return [], {}
-        last = {ev.user_id: i for i, ev in enumerate(events)} if read_back else {}
+        last = {ev.user_id: i for i, ev in enumerate(events)}
         calls = [
             ("apply_event", [self.schema.dedupe(ev.user_id), self.schema.history(ev.user_id)],
-             [ev.event_id, ev.ts_ms, ev.entry.to_json(), self.history_cap, self.dedupe_window, "1" if last.get(ev.user_id) == i else "0"])
+             [ev.event_id, ev.ts_ms, ev.entry.to_json(), self.history_cap, self.dedupe_window, "1" if last[ev.user_id] == i else "0"])
             for i, ev in enumerate(events)
         ]
         outcomes: list[int] = []
