@@ -586,3 +586,22 @@ def test_item_rows_gather_matches_indexing_and_sums_repeated_rows_in_a_fixed_ord
         grads.append(vecs.grad.clone())
     assert all(torch.equal(grads[0], g) for g in grads[1:])
     assert torch.allclose(grads[0], torch.zeros(500, 128).index_add_(0, idx.reshape(-1), upstream.reshape(-1, 128)), atol=1e-4)
+
+
+def test_sasrec_epochs_on_a_fraction_of_users_keep_the_full_data_number_of_steps(data) -> None:
+    """The fraction curve's SASRec: patience and epoch cap count steps, not passes over less data;
+    a strategy not listed in full_steps_at_fractions keeps plain epochs."""
+    cfg = TrainConfig(max_epochs=2, patience=2, batch_size=4, sasrec_grid=[{"lr": 1e-3}], id_shrink_grid=[])
+    steps = {}
+    for frac in (1.0, 0.25):
+        for name in ("sasrec", "target_only"):
+            ctx = RunContext(data, ModelConfig(in_dim=16, dim=16, max_len=12), cfg, 0, frac)
+            t = STRATEGIES[name](ctx)
+            steps[name, frac] = t.logs[-1].steps
+            assert all(log.steps == t.logs[0].steps for log in t.logs if log.phase == t.logs[-1].phase)
+    assert ctx.epoch_repeat("sasrec") == 4 and ctx.epoch_repeat("target_only") == 1
+    assert 0.6 <= steps["sasrec", 0.25] / steps["sasrec", 1.0] <= 1.5
+    assert steps["target_only", 0.25] / steps["target_only", 1.0] <= 0.5
+    off = TrainConfig(**{**cfg.__dict__, "full_steps_at_fractions": []})
+    t = STRATEGIES["sasrec"](RunContext(data, ModelConfig(in_dim=16, dim=16, max_len=12), off, 0, 0.25))
+    assert t.logs[-1].steps / steps["sasrec", 1.0] <= 0.5

@@ -102,6 +102,13 @@ class RunContext:
             self.cache[key] = {users[i] for i in rng.permutation(len(users))[:n]}
         return self.cache[key]
 
+    def epoch_repeat(self, strategy: str) -> int:
+        """Passes per epoch for ``strategy`` (``TrainConfig.full_steps_at_fractions``): 1/fraction,
+        so an epoch on a fraction of the users has the steps of an epoch on all of them."""
+        if strategy not in self.train_cfg.full_steps_at_fractions or self.fraction >= 1.0:
+            return 1
+        return max(1, round(1.0 / self.fraction))
+
     def train_seqs(self, view: str) -> list[UserSeq]:
         """Training sequences in ``view``; users outside the target fraction keep only source events."""
         keep = self.target_users()
@@ -270,6 +277,8 @@ def sasrec(ctx: RunContext) -> Trained:
     the validation users) and the one with the best selection-set NDCG@10 is kept, so it is not
     handicapped by the text model's learning rate and dropout. The choice is made once (first call,
     full data) and reused by the fraction curve, which would otherwise pay for the grid per point.
+    On a fraction of the users an epoch passes over the data ``ctx.epoch_repeat`` times, so the
+    entry's patience and epoch cap count about the steps they count on the full data.
     """
     seqs = [s for s in ctx.train_seqs("target") if s.items.size]
     sel = ctx.eval_set("select", "target")
@@ -283,7 +292,7 @@ def sasrec(ctx: RunContext) -> Trained:
         tcfg = TrainConfig(**{**ctx.train_cfg.__dict__, **t_over})
         torch.manual_seed(ctx.seed)
         model = sasrec_model(mcfg, ctx.data.catalog.n_items)
-        res = train_phase(model, ctx.data, Phase("sasrec", seqs, {TARGET}, "target"), tcfg, ctx.seed, ctx.validator("target"), ctx.progress)
+        res = train_phase(model, ctx.data, Phase("sasrec", seqs, {TARGET}, "target", repeat=ctx.epoch_repeat("sasrec")), tcfg, ctx.seed, ctx.validator("target"), ctx.progress)
         score = compute_metrics(score_eval_set(model, ctx.data, sel))["NDCG@10"]
         tried.append({"params": over, "select_ndcg10": score, "valid_ndcg10": res.best_valid, "epochs": len(res.logs)})
         if best is None or score > best[0]:
