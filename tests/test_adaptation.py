@@ -576,7 +576,7 @@ def test_item_rows_gather_matches_indexing_and_sums_repeated_rows_in_a_fixed_ord
     gen = torch.Generator().manual_seed(0)
     vecs = torch.randn(500, 128, generator=gen, requires_grad=True)
     idx = torch.randint(0, 500, (64, 50), generator=gen)
-    idx[:, 30:] = 0  # padding: one row repeated thousands of times, as in a padded batch
+    idx[:, 30:] = 0  # padding: one row repeated over a thousand times, as in a padded batch
     upstream = torch.randn(64, 50, 128, generator=gen)
     assert torch.equal(_rows(vecs, idx), vecs[idx])
     grads = []
