@@ -70,8 +70,8 @@ def test_a_tie_keeps_the_model_as_trained() -> None:
 
 def test_only_the_text_plus_id_tower_has_offsets_to_shrink() -> None:
     assert has_id_offsets(_model()[0])
-    assert not has_id_offsets(CrossDomainModel(ModelConfig(in_dim=8, dim=4, item_tower="text"), torch.randn(3, 8)))
-    assert not has_id_offsets(None)
     text_only = CrossDomainModel(ModelConfig(in_dim=8, dim=4, item_tower="text"), torch.randn(3, 8))
+    assert not has_id_offsets(text_only)
+    assert not has_id_offsets(None)
     with pytest.raises(TypeError, match="text\\+id"):
         choose_id_shrink(text_only, np.array([1, 2, 3]), lambda m: np.zeros(2), [1.0])
