@@ -1,0 +1,72 @@
+"""A kafka-python consumer that does no work: the broker chain's own produce -> receive latency.
+
+    python benchmarks/stream_receiver.py COUNT OUT_JSON [--work-ms W] [--ready FILE]
+
+`bench_stream.py` runs it beside its open-loop producer as it runs a `crossrec stream` consumer: a
+separate process whose settings come from the same environment. It measures the floor that any
+consumer's freshness sits on: producer client, broker and consumer client, nothing done per batch. With ``--work-ms`` it sleeps that long
+after every non-empty poll, standing in for a consumer's per-batch work without using a core, so
+what the loop's shape costs (events waiting for the batch in progress, then for their own) can be
+told apart from what the work's CPU costs. Latency is taken when the batch's "work" ends, minus
+the Kafka record timestamp, like the consumer's list-write freshness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from crossrec.settings import Settings  # noqa: E402
+
+
+def receive(settings: Settings, count: int, work_ms: float, ready: Path | None, timeout_s: float = 300) -> list[float]:
+    """Latencies (ms) of the first ``count`` records of the events topic, consumed as the stream's group settings say."""
+    from kafka import KafkaConsumer
+
+    cfg = settings.streaming
+    consumer = KafkaConsumer(
+        settings.kafka.events_topic, **settings.kafka.client_kwargs(), group_id=settings.kafka.consumer_group,
+        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=cfg.max_poll_records,
+        fetch_max_wait_ms=cfg.fetch_max_wait_ms, session_timeout_ms=cfg.session_timeout_ms,
+        heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+    )
+    latencies: list[float] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not consumer.assignment() and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=200)
+        if ready is not None:
+            ready.touch()
+        while len(latencies) < count and time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=cfg.poll_timeout_ms)
+            records = [record for part in batch.values() for record in part]
+            if not records:
+                continue
+            if work_ms:
+                time.sleep(work_ms / 1000)
+            done_ms = time.time() * 1000
+            latencies += [done_ms - record.timestamp for record in records]
+    finally:
+        consumer.close()
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("count", type=int)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--work-ms", type=float, default=0.0, help="sleep this long after each non-empty poll")
+    parser.add_argument("--ready", type=Path, help="touched once the consumer has its partitions")
+    args = parser.parse_args()
+    settings = Settings()
+    args.out.write_text(json.dumps(receive(settings, args.count, args.work_ms, args.ready)))
+
+
+if __name__ == "__main__":
+    main()
