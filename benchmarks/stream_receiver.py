@@ -39,12 +39,10 @@ def receive(settings: Settings, count: int, work_ms: float, ready: Path | None, 
     latencies: list[float] = []
     deadline = time.monotonic() + timeout_s
     try:
-        while not consumer.assignment() and time.monotonic() < deadline:
-            consumer.poll(timeout_ms=200)
-        if ready is not None:
-            ready.touch()
         while len(latencies) < count and time.monotonic() < deadline:
             batch = consumer.poll(timeout_ms=cfg.poll_timeout_ms)
+            if ready is not None and not ready.exists() and consumer.assignment():
+                ready.touch()  # the group gave us the partitions: the feed can start
             records = [record for part in batch.values() for record in part]
             if not records:
                 continue
