@@ -4,11 +4,12 @@
 
 `bench_stream.py` runs it beside its open-loop producer as it runs a `crossrec stream` consumer: a
 separate process whose settings come from the same environment. It measures the floor that any
-consumer's freshness sits on: producer client, broker and consumer client, nothing done per batch. With ``--work-ms`` it sleeps that long
-after every non-empty poll, standing in for a consumer's per-batch work without using a core, so
-what the loop's shape costs (events waiting for the batch in progress, then for their own) can be
-told apart from what the work's CPU costs. Latency is taken when the batch's "work" ends, minus
-the Kafka record timestamp, like the consumer's list-write freshness.
+consumer's freshness sits on: producer client, broker and consumer client, nothing done per
+batch. With ``--work-ms`` it sleeps that long after every non-empty poll, standing in for a
+consumer's per-batch work without using a core, so what the loop's shape costs (events waiting
+for the batch in progress, then for their own) can be told apart from what the work's CPU costs.
+Latency is taken when the batch's "work" ends, minus the Kafka record timestamp, like the
+consumer's list-write freshness.
 """
 
 from __future__ import annotations
