@@ -27,7 +27,8 @@ from crossrec.settings import Settings  # noqa: E402
 
 
 def receive(settings: Settings, count: int, work_ms: float, ready: Path | None, timeout_s: float = 300) -> list[float]:
-    """Latencies (ms) of the first ``count`` records of the events topic, consumed as the stream's group settings say."""
+    """Latencies (ms) of the events topic's records, batch by batch until at least ``count`` came
+    (or ``timeout_s`` passed), consumed with the stream's group settings."""
     from kafka import KafkaConsumer
 
     cfg = settings.streaming
