@@ -280,16 +280,10 @@ def wait_committed(settings: Settings, total: int, timeout_s: float) -> tuple[fl
 # -- measurements ---------------------------------------------------------------------------------
 def bare_consume(settings: Settings, messages: list[tuple[bytes, bytes]]) -> float:
     """kafka-python alone: the same group settings and poll size, nothing done per message."""
-    from kafka import KafkaConsumer
+    from stream_receiver import group_consumer
 
     produce(settings, messages, None)
-    cfg = settings.streaming
-    consumer = KafkaConsumer(
-        settings.kafka.events_topic, **settings.kafka.client_kwargs(), group_id=settings.kafka.consumer_group,
-        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=cfg.max_poll_records,
-        fetch_max_wait_ms=cfg.fetch_max_wait_ms, session_timeout_ms=cfg.session_timeout_ms,
-        heartbeat_interval_ms=cfg.heartbeat_interval_ms,
-    )
+    consumer = group_consumer(settings)
     seen, started = 0, None
     while seen < len(messages):
         batch = consumer.poll(timeout_ms=500)

@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -26,18 +27,25 @@ sys.path.insert(0, str(REPO_ROOT))
 from crossrec.settings import Settings  # noqa: E402
 
 
-def receive(settings: Settings, count: int, work_ms: float, ready: Path | None, timeout_s: float = 300) -> list[float]:
-    """Latencies (ms) of the events topic's records, batch by batch until at least ``count`` came
-    (or ``timeout_s`` passed), consumed with the stream's group settings."""
+def group_consumer(settings: Settings) -> Any:
+    """A kafka-python consumer of the events topic with the stream's group, poll and fetch
+    settings, from the earliest offset, committing only when told (the benchmark's bare loops)."""
     from kafka import KafkaConsumer
 
     cfg = settings.streaming
-    consumer = KafkaConsumer(
+    return KafkaConsumer(
         settings.kafka.events_topic, **settings.kafka.client_kwargs(), group_id=settings.kafka.consumer_group,
         enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=cfg.max_poll_records,
         fetch_max_wait_ms=cfg.fetch_max_wait_ms, session_timeout_ms=cfg.session_timeout_ms,
         heartbeat_interval_ms=cfg.heartbeat_interval_ms,
     )
+
+
+def receive(settings: Settings, count: int, work_ms: float, ready: Path | None, timeout_s: float = 300) -> list[float]:
+    """Latencies (ms) of the events topic's records, batch by batch until at least ``count`` came
+    (or ``timeout_s`` passed), consumed with the stream's group settings."""
+    cfg = settings.streaming
+    consumer = group_consumer(settings)
     latencies: list[float] = []
     deadline = time.monotonic() + timeout_s
     try:
