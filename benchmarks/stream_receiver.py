@@ -25,20 +25,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from crossrec.settings import Settings  # noqa: E402
+from crossrec.streaming.group import group_member_kwargs  # noqa: E402
 
 
 def group_consumer(settings: Settings) -> Any:
-    """A kafka-python consumer of the events topic with the stream's group, poll and fetch
-    settings, from the earliest offset, committing only when told (the benchmark's bare loops)."""
+    """A kafka-python consumer of the events topic polling as a `crossrec stream` member does
+    (``group_member_kwargs``), committing only when told (the benchmark's bare loops)."""
     from kafka import KafkaConsumer
 
-    cfg = settings.streaming
-    return KafkaConsumer(
-        settings.kafka.events_topic, **settings.kafka.client_kwargs(), group_id=settings.kafka.consumer_group,
-        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=cfg.max_poll_records,
-        fetch_max_wait_ms=cfg.fetch_max_wait_ms, session_timeout_ms=cfg.session_timeout_ms,
-        heartbeat_interval_ms=cfg.heartbeat_interval_ms,
-    )
+    return KafkaConsumer(settings.kafka.events_topic, **group_member_kwargs(settings))
 
 
 def receive(settings: Settings, count: int, work_ms: float, ready: Path | None, timeout_s: float = 300) -> list[float]:

@@ -63,6 +63,7 @@ from crossrec.publish import ItemDisplay, RecWriter
 from crossrec.settings import Settings
 from crossrec.streaming.catalog import queue_item_vectors
 from crossrec.streaming.faults import DEPENDENCY_ERRORS, dead_letter_payload, dependency_name
+from crossrec.streaming.group import group_member_kwargs
 from crossrec.streaming.history import APPLIED, DUPLICATE, OUTSIDE_WINDOW, HistoryApplier, HistoryDecoder, PendingEvent
 from crossrec.streaming.messages import BadMessage, EventMessage, ItemMessage, parse_event, parse_item
 from crossrec.streaming.metrics import STAGES, ConsumerMetrics
@@ -231,15 +232,7 @@ class RecsConsumer:
         self.consumer = KafkaConsumer(
             kafka.events_topic,
             kafka.items_topic,
-            **kafka.client_kwargs(),
-            group_id=kafka.consumer_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.max_poll_records,
-            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
-            session_timeout_ms=cfg.session_timeout_ms,
-            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
-            metadata_max_age_ms=cfg.metadata_max_age_ms,
+            **group_member_kwargs(settings, self.max_poll_records),
             client_id="crossrec-consumer",
         )
         self.producer = KafkaProducer(
