@@ -182,12 +182,15 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int
     Why paired: two scorers evaluated on the same users share the per-user difficulty, so the
     spread of the *difference* is much smaller than either spread; that is what decides whether a
     5 % gap on a thousand users is signal. ``includes_zero`` is the keep-the-simpler-choice flag.
+    ``resolution_rel`` is half the interval's width over ``mean(b)``: about the smallest relative
+    difference these users can separate from zero, so a report can say when a set of users is too
+    small for the differences it is asked to decide.
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired bootstrap needs the same users on both sides; got {a.shape} and {b.shape}")
     if a.size == 0:
-        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "rel": float("nan"), "includes_zero": True, "n_users": 0}
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "rel": float("nan"), "includes_zero": True, "n_users": 0, "resolution_rel": float("nan")}
     d = a - b
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, d.size, size=(n_boot, d.size))
@@ -202,6 +205,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int
         "rel": float(d.mean() / base) if base > 0 else float("inf"),
         "includes_zero": bool(lo <= 0.0 <= hi),
         "n_users": int(d.size),
+        "resolution_rel": (hi - lo) / 2 / base if base > 0 else float("inf"),
     }
 
 

@@ -91,6 +91,20 @@ def test_paired_bootstrap_separates_real_gap_and_flags_noise() -> None:
         paired_bootstrap(base, base[:10])
 
 
+def test_paired_bootstrap_resolution_is_half_the_interval_and_shrinks_with_more_users() -> None:
+    """What a report quotes as the difference a set of users can separate: four times the users
+    must halve it (a resolution that ignored n, or the wrong base, would not)."""
+    from crossrec.evaluation import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    base = rng.random(4000) + 0.5
+    other = base + rng.normal(0.0, 0.2, size=4000)
+    small, large = paired_bootstrap(other[:1000], base[:1000]), paired_bootstrap(other, base)
+    assert small["resolution_rel"] == pytest.approx((small["hi"] - small["lo"]) / 2 / base[:1000].mean())
+    assert 1.7 < small["resolution_rel"] / large["resolution_rel"] < 2.3
+    assert np.isnan(paired_bootstrap(np.zeros(0), np.zeros(0))["resolution_rel"])
+
+
 def test_segments_label_users_and_items() -> None:
     from crossrec.evaluation import ITEM_SEGMENTS, USER_SEGMENTS, item_segment_of, segment_metrics, user_segment_of
 

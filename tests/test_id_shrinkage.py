@@ -58,6 +58,7 @@ def test_a_gain_whose_interval_includes_zero_keeps_the_model_as_trained() -> Non
     report = choose_id_shrink(model, counts, score, [10])
     assert report["best"] == 10.0 and report["ci_best_vs_none"]["includes_zero"]
     assert report["kept"] == 0.0 and "includes zero" in report["reason"]
+    assert f"resolves about ±{report['ci_best_vs_none']['resolution_rel']:.1%}" in report["reason"]
     assert torch.equal(model.items.ids.weight.detach(), trained)
 
 

@@ -168,6 +168,7 @@ def test_a_challenger_replaces_the_fallback_only_when_its_ci_against_the_fallbac
     route, cis, reason = choose_route(noisy, "popularity")
     best = max(("model", "blend"), key=lambda n: noisy[n].mean())
     assert route == "popularity" and cis[best]["includes_zero"] and "includes zero: keeping popularity" in reason
+    assert f"resolve about ±{cis[best]['resolution_rel']:.1%}" in reason  # how fine a difference these users can judge
 
     # nothing above the fallback (e.g. all zero on a handful of users): the fallback, no "+inf %"
     zeros = {n: np.zeros(5) for n in ("popularity", "item_knn", "model", "blend")}

@@ -136,7 +136,7 @@ def choose_route(per: Mapping[str, np.ndarray], fallback: str) -> tuple[str, dic
     if means[best] <= means[fallback]:
         return fallback, cis, f"keeping the fallback {fallback}: no candidate beats it on the selection set"
     ci = cis[best]
-    interval = f"{ci['rel']:+.1%} (95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}]"
+    interval = f"{ci['rel']:+.1%} (these users resolve about ±{ci['resolution_rel']:.1%}; 95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}]"
     if ci["lo"] > 0:
         return best, cis, f"{best} beats the fallback {fallback} by {interval} excludes zero)"
     return fallback, cis, f"{best} is {interval} over the fallback {fallback} but its CI includes zero: keeping {fallback}"

@@ -75,7 +75,7 @@ def choose_id_shrink(
     elif ci["lo"] > 0:
         kept, reason = best, f"k={best:g}: {ci['rel']:+.1%} over no shrinkage on the selection set, 95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}] excludes zero"
     else:
-        kept, reason = 0.0, f"no shrinkage: the best k={best:g} gains {ci['rel']:+.1%} on the selection set, but its 95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}] includes zero"
+        kept, reason = 0.0, f"no shrinkage: the best k={best:g} gains {ci['rel']:+.1%} on the selection set (which resolves about ±{ci['resolution_rel']:.1%}), but its 95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}] includes zero"
     table.copy_(trained * factors[kept][:, None])
     return {
         "select_ndcg10": {f"{k:g}": float(v.mean()) for k, v in per.items()},

@@ -113,7 +113,8 @@ def _decide_today(base: Decision, today: dict[str, Any], kind: str, pays_text: s
     base.compared_on = "today's validation users"
     stored = "unknown" if base.current_stored_metric is None else f"{float(base.current_stored_metric):.4f}"
     numbers = (f"on today's {today['n_users']} validation users {METRIC} {cand:.4f} vs current {base.current} {cur:.4f} "
-               f"(its stored number: {stored}), paired 95% CI of the difference [{ci['lo']:+.4f}, {ci['hi']:+.4f}]")
+               f"(its stored number: {stored}), paired 95% CI of the difference [{ci['lo']:+.4f}, {ci['hi']:+.4f}]"
+               + (f" (these users resolve about ±{ci['resolution_rel']:.1%})" if "resolution_rel" in ci else ""))
     if cand > cur + base.margin and not ci["includes_zero"]:
         base.reason = f"promoting the {kind} {base.candidate}{pays_text}: {numbers}"
         return base
