@@ -224,3 +224,12 @@ def test_alert_is_posted_to_the_configured_url(monkeypatch: pytest.MonkeyPatch) 
         server.server_close()
     assert received == [{"text": "CROSSREC ALERT: crossrec_nightly_retrain run manual__x (logical date 2026-01-03) failed at task embed_items: boom"}]
     assert "s3cret" not in json.dumps(get_settings().masked_dump())
+
+
+def test_the_branch_reason_says_how_fine_a_difference_todays_users_resolve() -> None:
+    rescored = today(0.058, 0.055, -0.004, 0.010)
+    rescored["ci"]["resolution_rel"] = 0.127  # what paired_bootstrap reports for these users
+    d = dec.decide(CAND_T, CUR, 0.0, None, rescored)
+    assert d.action == dec.KEEP_CURRENT and "(these users resolve about ±12.7%)" in d.reason
+    older = dec.decide(CAND_T, CUR, 0.0, None, today(0.058, 0.055, -0.004, 0.010))  # a record written before the field existed
+    assert older.action == dec.KEEP_CURRENT and "resolve" not in older.reason
