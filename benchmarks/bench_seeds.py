@@ -94,6 +94,15 @@ def seed_verdicts(res: dict) -> dict:
         if "routed" in seg:
             out["tail_routed"] = _tail(seg["routed"])[0]
             out["tail_routed_ratio"] = out["tail_routed"] / sr if sr > 0 else float("inf")
+    served = res.get("served", {})
+    if "sasrec" in test and _ndcg(res, "sasrec") > 0:
+        s_ = _ndcg(res, "sasrec")
+        sr = _tail(seg["sasrec"])[0]
+        for n_, m in served.get("test", {}).items():  # the refitted model that is registered, and its routing
+            label = "routed" if n_ == "routed" else "text"
+            out[f"served_{label}_vs_sasrec"] = m["NDCG@10"] / s_ - 1
+            out[f"served_tail_{label}"] = t_ = _tail(served["segments"][n_])[0]
+            out[f"served_tail_{label}_ratio"] = t_ / sr if sr > 0 else float("inf")
     name, val = _best_training_free(res.get("diagnose", {}))
     if "zero_shot" in test and name:
         out["best_training_free"], out["best_training_free_ndcg10"] = name, val
@@ -137,6 +146,9 @@ def summarise(out_dir: Path) -> dict:
                 kind: {g: {"NDCG@10": _mean_sd([r["segments"][n][kind][g].get("NDCG@10") for r in rs]), "n_users": rs[0]["segments"][n][kind][g]["n_users"]} for g in rs[0]["segments"][n][kind]}
                 for kind in ("user", "item")
             }
+        served = [r["served"] for r in rs if "served" in r]
+        if len(served) == len(rs):  # the models registered: refitted on every training event
+            s["served"] = {n: {"NDCG@10": _mean_sd([v["test"][n]["NDCG@10"] for v in served]), "strategy": served[0]["strategy"]} for n in served[0]["test"]}
         curves = [r.get("fractions", {}) for r in rs]
         for n in dict.fromkeys(k for c in curves for k in c):
             fr = {}
@@ -180,6 +192,10 @@ def summary_markdown(summary: dict) -> str:
             seg = s["segments"][n]
             cells = [_fmt(seg["user"][g]["NDCG@10"]) for g in USER_SEGMENTS] + [_fmt(seg["item"][g]["NDCG@10"]) for g in ITEM_SEGMENTS]
             lines.append(f"| {n} | {_fmt(t['NDCG@10'])} | " + " | ".join(cells) + " |")
+        if s.get("served"):
+            lines.append("\n| served (refitted on every training event) | overall |\n|---|---|")
+            for n, v in s["served"].items():
+                lines.append(f"| {n} | {_fmt(v['NDCG@10'])} |")
         if s["fractions"]:
             fracs = sorted({f for v in s["fractions"].values() for f in v}, key=float)
             lines.append("\n| fraction curve | " + " | ".join(f"{float(f):.0%}" for f in fracs) + " |")
@@ -230,8 +246,8 @@ def run_one(args: argparse.Namespace, seed: int, label: str, overrides: dict) ->
     if set(overrides) - model_keys - train_keys:
         raise SystemExit(f"unknown override fields {sorted(set(overrides) - model_keys - train_keys)}")
     grid = json.loads(args.sasrec_grid) if args.sasrec_grid else None
-    base = {"max_epochs": args.max_epochs, "patience": args.patience, "pretrain_epochs": args.pretrain_epochs, "device": args.device,
-            "selection_users": args.selection_users} | ({"sasrec_grid": grid} if grid else {})
+    base = {"max_epochs": args.max_epochs, "patience": args.patience, "pretrain_epochs": args.pretrain_epochs, "device": args.device} \
+        | ({"selection_users": args.selection_users} if args.selection_users is not None else {}) | ({"sasrec_grid": grid} if grid else {})
     train = TrainConfig(**(base | t_over))
     model = ModelConfig(**({"dim": args.dim, "max_len": args.max_len} | m_over))
     work = Path(args.scratch) / f"{label}seed{seed}"
@@ -283,7 +299,7 @@ def main() -> None:
     ap.add_argument("--pretrain-epochs", type=int, default=8)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--max-len", type=int, default=50)
-    ap.add_argument("--selection-users", type=int, default=2000)
+    ap.add_argument("--selection-users", type=int, default=None, help="default: settings.adapt.selection_users")
     ap.add_argument("--sasrec-grid", default="", help="JSON list of SASRec candidates (default: TrainConfig's)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     ap.add_argument("--threads", type=int, default=2)

@@ -32,6 +32,7 @@ import numpy as np
 from crossrec.adaptation.data import SPLIT_CODES, AdaptData, EvalSet, load_adapt_data, make_eval_set, make_eval_set_at, selection_positions, truncate_at
 from crossrec.adaptation.scorers import SOURCE_SIGNALS, TARGET_ONLY_SIGNALS, TrainingFreeScorers, blend, fit_blend, ndcg_objective, normalise_rows, rank_scores
 from crossrec.evaluation import USER_SEGMENTS, compute_metrics, paired_bootstrap, per_user
+from crossrec.settings import AdaptSettings
 
 ALL_SIGNALS = (*TARGET_ONLY_SIGNALS, *SOURCE_SIGNALS, "text_last_any")
 
@@ -44,7 +45,7 @@ class DiagnoseOptions:
     target_domain: str
     encoder: str = "minilm"
     split_path: Path | None = None
-    selection_users: int = 2000
+    selection_users: int = AdaptSettings().selection_users
 
 
 def training_sequences(data: AdaptData, selection: dict[str, int]) -> list:
@@ -68,7 +69,7 @@ def _components(scorers: TrainingFreeScorers, ev: EvalSet, rows: np.ndarray, nam
     return {n: normalise_rows(scorers.score(n, hists)) for n in names}
 
 
-def diagnose_data(data: AdaptData, selection_users: int = 2000, say: Callable[[str], None] = print) -> dict:
+def diagnose_data(data: AdaptData, selection_users: int = AdaptSettings().selection_users, say: Callable[[str], None] = print) -> dict:
     """Signals, fitted blends and the verdict, per user segment and overall (the natural test users)."""
     t0 = time.perf_counter()
     selection = selection_positions(data, selection_users)

@@ -139,6 +139,13 @@ def render_html(results: dict) -> str:
     choice = results.get("strategy_choice")
     if choice:
         parts.append("<h2>Strategy choice (selection set, paired bootstrap)</h2><p>" + html.escape(str(choice.get("reason"))) + f"; chosen: <b>{html.escape(str(choice.get('chosen')))}</b></p>")
+    served = results.get("served")
+    if served:
+        parts.append(f"<h2>Served model ({html.escape(str(served['strategy']))} trained again on every training event, the selection events included)</h2>")
+        parts.append("<p>The choices above were made on the selection set; the registered model is the chosen strategy trained again with them "
+                     "(its ID shrinkage folded in as chosen, its routing table kept, the routes' counts refitted). Test users:</p>")
+        parts.append(_table(["model", "as chosen (selection events held out)", "served (refitted)"],
+                            [[n, results.get("test", {}).get(n, {}).get("NDCG@10", {}).get("mean", float("nan")), m["NDCG@10"]] for n, m in served["test"].items()]))
     sel = results.get("select_ndcg10", {})
     if sel:
         parts.append("<p>" + html.escape(str(run.get("selection_note", ""))) + "</p>")

@@ -167,6 +167,10 @@ class AdaptSettings(BaseModel):
     # Where training runs (TrainConfig.device): cpu (the path every test and the nightly take),
     # cuda / cuda:N, or auto (cuda when torch sees one). `crossrec adapt --device` overrides it.
     device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:[0-9]+)?)$")
+    # Training users whose last target event is held out as the selection set (every choice of a
+    # run is made on it; TrainConfig.selection_users). On Art -> Office 2,000 resolved strategy
+    # differences of only about ±6-8 %; 6,000 separate a 5 % difference (README: "selection set").
+    selection_users: int = Field(default=6000, ge=0)
 
 
 class CleanSettings(BaseModel):

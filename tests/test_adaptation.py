@@ -605,3 +605,21 @@ def test_sasrec_epochs_on_a_fraction_of_users_keep_the_full_data_number_of_steps
     off = TrainConfig(**{**cfg.__dict__, "full_steps_at_fractions": []})
     t = STRATEGIES["sasrec"](RunContext(data, ModelConfig(in_dim=16, dim=16, max_len=12), off, 0, 0.25))
     assert t.logs[-1].steps / steps["sasrec", 1.0] <= 0.5
+
+
+def test_strategy_choice_keeps_the_baseline_inside_the_noise_and_says_how_fine_the_selection_set_resolves() -> None:
+    from crossrec.adaptation.pipeline import choose_with_confidence
+
+    rng = np.random.default_rng(0)
+    base = rng.random(2000) * 0.2
+
+    def results(other: np.ndarray) -> dict:
+        per = {"target_only": base, "joint_adversarial": other}
+        return {"_select_per_user": per, "select_ndcg10": {n: {"mean": float(v.mean())} for n, v in per.items()}}
+
+    close = choose_with_confidence(results(base + rng.normal(0.002, 0.05, 2000)), ["target_only", "joint_adversarial"], "target_only")
+    ci = close["ci_vs_baseline"]
+    assert close["best_on_selection"] == "joint_adversarial" and close["chosen"] == "target_only" and ci["includes_zero"]
+    assert f"2000 selection users (they resolve about ±{ci['resolution_rel']:.1%})" in close["reason"]
+    clear = choose_with_confidence(results(base + 0.02), ["target_only", "joint_adversarial"], "target_only")
+    assert clear["chosen"] == "joint_adversarial" and "excludes zero" in clear["reason"]

@@ -51,6 +51,9 @@ class AdaptOptions:
     promote_margin: float = 0.0
     promote: bool = True
     routing: bool = True  # fit + store the routed model for the registered strategy
+    # Train the chosen model again on every training event (the selection events included) before
+    # it is registered (crossrec/adaptation/refit.py); off: the model the choices were made on is served.
+    refit: bool = True
     diagnose: bool = True  # training-free transfer diagnosis in the report (crossrec diagnose)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -326,11 +329,12 @@ def choose_with_confidence(results: dict, candidates: list[str], baseline: str) 
         return out
     ci = paired_bootstrap(per[best], per[baseline])
     out["ci_vs_baseline"] = ci
+    head = f"{best} vs {baseline}: {ci['rel']:+.1%} on {ci['n_users']} selection users (they resolve about ±{ci['resolution_rel']:.1%}), 95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}]"
     if ci["includes_zero"]:
-        out["reason"] = f"{best} vs {baseline}: {ci['rel']:+.1%} on {ci['n_users']} selection users, 95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}] includes zero: keeping {baseline}"
+        out["reason"] = f"{head} includes zero: keeping {baseline}"
     else:
         out["chosen"] = best if ci["lo"] > 0 else baseline
-        out["reason"] = f"{best} vs {baseline}: {ci['rel']:+.1%} on {ci['n_users']} selection users, 95% CI [{ci['lo']:+.4f}, {ci['hi']:+.4f}] excludes zero: {out['chosen']}"
+        out["reason"] = f"{head} excludes zero: {out['chosen']}"
     return out
 
 
@@ -434,6 +438,45 @@ def check_routed(results: dict) -> dict:
     return out
 
 
+def refit_for_serving(data: AdaptData, opts: AdaptOptions, chosen: Trained, routing: tuple | None, cache: dict, say: Callable[[str], None]) -> tuple[Trained, tuple | None, dict]:
+    """The chosen strategy trained again on every training event, its routing table kept and the
+    table's training-free scorers refitted on the same sequences; returns (model, routing,
+    ``results["served"]``: its test metrics and segments, the routed model's too)."""
+    from crossrec.adaptation.refit import full_data_context, kept_shrinkage, refit_chosen
+    from crossrec.adaptation.scorers import TrainingFreeScorers
+    from crossrec.adaptation.trainer import logits_eval_set
+
+    t0 = time.perf_counter()
+    ctx = full_data_context(data, opts.model, opts.train, opts.seeds[0], cache)
+    trained = refit_chosen(ctx, chosen, say)
+    test_ev = ctx.eval_set("test", trained.view)
+    ranks = trained.ranks(data, test_ev)
+    cold_ranks = trained.ranks(data, ctx.eval_set("test", trained.view, cold=True))
+    out: dict = {
+        "strategy": chosen.name,
+        "seed": opts.seeds[0],
+        "id_shrink_kept": kept_shrinkage(chosen),
+        "best_valid_ndcg10": trained.best_valid,
+        "epochs": len(trained.logs),
+        "test": {chosen.name: compute_metrics(ranks)},
+        "cold_start_constructed": {chosen.name: compute_metrics(cold_ranks)},
+        "segments": {chosen.name: segment_report(ctx, trained, ranks, test_ev, cold_ranks)},
+    }
+    served_routing = None
+    if routing is not None and routing[0].strategy == chosen.name:
+        table = routing[0]
+        scorers = TrainingFreeScorers.fit(data, ctx.train_seqs("mixed"), cache.get(("text_neighbours",)))
+        model = trained.model
+        assert model is not None
+        routed = evaluate_routing(ctx, table, scorers, lambda ev: logits_eval_set(model, data, ev), trained.view)
+        out["test"]["routed"], out["cold_start_constructed"]["routed"], out["segments"]["routed"] = routed["test"], routed["cold"], routed["segments"]
+        served_routing = (table, scorers)
+    out["seconds"] = time.perf_counter() - t0
+    shown = ", ".join(f"{n} {m['NDCG@10']:.4f}" for n, m in out["test"].items())
+    say(f"refit for serving ({out['seconds']:.0f}s): test NDCG@10 {shown}")
+    return trained, served_routing, out
+
+
 def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep: dict[str, Trained], registry: ModelRegistry, say: Callable[[str], None], routing=None) -> dict:
     """Register the text model chosen on the selection set (with its CI) and let the gate decide promotion.
 
@@ -454,7 +497,11 @@ def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep:
     ev = make_eval_set(data, data.split_users["valid"], SPLIT_CODES["valid"], trained.view, opts.model.max_len)
     cand_ranks = trained.ranks(data, ev)
     valid_m = compute_metrics(cand_ranks)
-    test_m = {k: v["values"][0] for k, v in results["test"][cand_name].items() if k != "n_users"}
+    served = results.get("served", {})
+    if served.get("strategy") == cand_name:  # the refitted model is what is registered
+        test_m = {k: v for k, v in served["test"][cand_name].items() if k != "n_users"}
+    else:
+        test_m = {k: v["values"][0] for k, v in results["test"][cand_name].items() if k != "n_users"}
     manifest = {
         "strategy": cand_name,
         "encoder": data.encoder,
@@ -465,6 +512,7 @@ def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep:
         "train_config": asdict(opts.train),
         "model_config": opts.model.to_dict(),
         "run_key": opts.run_key,
+        "refit": served.get("strategy") == cand_name,
     }
 
     def write(tmp: Path) -> None:
@@ -495,7 +543,7 @@ def _register_and_gate(data: AdaptData, opts: AdaptOptions, results: dict, keep:
             say(f"could not re-score current model {cur} ({exc}); using its stored validation metric")
     if ci is not None and ci["includes_zero"] and valid_m["NDCG@10"] > (current_metric or 0.0) + opts.promote_margin:
         why = (f"validation NDCG@10 {valid_m['NDCG@10']:.4f} vs current {cur} {current_metric:.4f}: paired 95% CI of the difference "
-               f"[{ci['lo']:+.4f}, {ci['hi']:+.4f}] over {ci['n_users']} users includes zero; keeping {cur}")
+               f"[{ci['lo']:+.4f}, {ci['hi']:+.4f}] over {ci['n_users']} users (they resolve about ±{ci['resolution_rel']:.1%}) includes zero; keeping {cur}")
         say(why)
         return {"registered": version, "strategy": cand_name, "promoted": False, "candidate": version, "current": cur, "reason": why,
                 "ci_vs_current": ci, "current_rescored_on_today_valid": rescored}
@@ -538,11 +586,14 @@ def run_adapt(opts: AdaptOptions, say: Callable[[str], None] = print) -> dict:
         results["cold_start_constructed"]["routed"] = one(routed["cold"])
         results["segments"]["routed"] = routed["segments"]
         say(f"routed ({chosen} + training-free routes): test NDCG@10={routed['test']['NDCG@10']:.4f}")
+    if opts.refit and chosen in keep and keep[chosen].model is not None:
+        refitted, routing, results["served"] = refit_for_serving(data, opts, keep[chosen], routing, shared, say)
+        keep = keep | {chosen: refitted}
     if opts.diagnose:
         from crossrec.diagnose import diagnose_data
 
         try:
-            results["diagnose"] = diagnose_data(data, opts.train.selection_users or 2000, say)
+            results["diagnose"] = diagnose_data(data, opts.train.selection_users or TrainConfig().selection_users, say)
         except ValueError as exc:
             results["diagnose"] = {"skipped": str(exc)}
     if opts.on_partial is not None:
@@ -594,7 +645,7 @@ def run_adapt(opts: AdaptOptions, say: Callable[[str], None] = print) -> dict:
         "rss_at_start_mb": rss0,
         "threads": torch.get_num_threads(),
         "metric_names": list(HEADLINE),
-        "selection_note": f"strategy / hyper-parameter / route choices on the selection set: the last target event of {len(shared.get(('selection', opts.train.selection_users), {}))} training users (>= 2 target events), held out of their training sequences; early stopping on the validation users",
+        "selection_note": f"strategy / hyper-parameter / route choices on the selection set: the last target event of {len(shared.get(('selection', opts.train.selection_users), {}))} training users (>= 2 target events), held out of their training sequences; early stopping on the validation users" + ("; the registered model was then trained again on every training event (served)" if "served" in results else ""),
         "cold_start_note": "constructed view: the test users' target-domain history is removed (source history only); natural cold-start users are those with no target event before the held-out one",
     }
     results.pop("_select_per_user", None)

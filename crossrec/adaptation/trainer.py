@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from crossrec.adaptation.data import BOS_DOMAIN_ID, SOURCE, TARGET, AdaptData, EvalSet, TrainExample, UserSeq, make_train_examples, pad_batch
 from crossrec.adaptation.model import CrossDomainModel, DomainDiscriminator
 from crossrec.evaluation import compute_metrics, rank_batch
+from crossrec.settings import AdaptSettings
 
 
 @dataclass
@@ -44,9 +45,10 @@ class TrainConfig:
     # (finetune-all test NDCG@10 0.042-0.059 mixed, by residual variant, vs 0.064 target; seed 42).
     transfer_view: str = "target"
     # Selection set (data.selection_positions): how many training users lend their last target event
-    # to strategy / route / hyper-parameter choice, kept out of their training sequences. 0 = choose
-    # on the validation users (the early-stopping set) as before.
-    selection_users: int = 2000
+    # to strategy / route / hyper-parameter choice, kept out of their training sequences (the chosen
+    # model is then trained again on everything: adaptation/refit.py). 0 = choose on the validation
+    # users (the early-stopping set) as before. The default is settings.adapt.selection_users'.
+    selection_users: int = AdaptSettings().selection_users
     # The SASRec baseline's own hyper-parameters: each entry overrides ModelConfig/TrainConfig fields;
     # the entry with the best selection-set NDCG@10 is kept (early stopping on validation as usual).
     # Probed on Art -> Office (seed 42, validation NDCG@10 at the best epoch): lr 1e-3 with dropout

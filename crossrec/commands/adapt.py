@@ -40,9 +40,10 @@ def adapt(
     threads: int = typer.Option(2, help="torch CPU threads"),
     device: str | None = typer.Option(None, "--device", help="where training runs: cpu | cuda | cuda:N | auto (cuda when torch sees one); default: settings.adapt.device"),
     run_key: str | None = typer.Option(None, "--run-key", help="idempotence key (e.g. nightly-2026-01-01): if a model was already registered under it, nothing is trained again"),
-    selection_users: int = typer.Option(2000, min=0, help="training users whose last target event is held out as the selection set (choices, routes, SASRec's grid); 0 = choose on the validation users"),
+    selection_users: int | None = typer.Option(None, min=0, help="training users whose last target event is held out as the selection set (choices, routes, SASRec's grid); 0 = choose on the validation users (default: settings.adapt.selection_users)"),
     sasrec_grid: str = typer.Option("", help='SASRec hyper-parameter candidates as JSON, e.g. \'[{"lr": 0.001, "dropout": 0.5}, {"lr": 0.003, "max_epochs": 10}]\' (default: TrainConfig.sasrec_grid)'),
     routing: bool = typer.Option(True, help="fit and store the routed model (per-segment routes) with the registered artifact"),
+    refit: bool = typer.Option(True, help="train the chosen model again on every training event, selection events included, before registering it (--no-refit: register the model the choices were made on)"),
     diagnose: bool = typer.Option(True, help="add the training-free transfer diagnosis (crossrec diagnose) to the report"),
 ) -> None:
     """Compare target-only, fine-tuning, adversarial joint training, zero-shot and baselines."""
@@ -92,9 +93,10 @@ def adapt(
             promote_margin=promote_margin,
             promote=promote,
             routing=routing,
+            refit=refit,
             diagnose=diagnose,
             model=ModelConfig(dim=dim, encoder=seq_encoder, item_tower=item_tower),
-            train=TrainConfig(lr=lr, max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives, transfer_view=transfer_view, selection_users=selection_users, device=device or settings.adapt.device, **extra_train),
+            train=TrainConfig(lr=lr, max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives, transfer_view=transfer_view, selection_users=settings.adapt.selection_users if selection_users is None else selection_users, device=device or settings.adapt.device, **extra_train),
             threads=threads,
             run_key=run_key,
         )

@@ -15,7 +15,7 @@ def diagnose(
     output: Path | None = typer.Option(None, "--output", help="where diagnose.json and diagnose.html go (default: {work_dir}/diagnose)"),
     encoder: str | None = typer.Option(None, help="embedding encoder (default: settings.encoder)"),
     split: Path | None = typer.Option(None, help="users_split.json (default: {data_dir}/users_split.json if present)"),
-    selection_users: int = typer.Option(2000, help="training users whose last target event is held out to fit the blends"),
+    selection_users: int | None = typer.Option(None, min=1, help="training users whose last target event is held out to fit the blends (default: settings.adapt.selection_users)"),
 ) -> None:
     """Will transfer pay? Source-history signals vs the best target-only signals, with a verdict.
 
@@ -36,7 +36,7 @@ def diagnose(
         target_domain=settings.target_domain,
         encoder=encoder or settings.encoder,
         split_path=split_path if split_path.is_file() else None,
-        selection_users=selection_users,
+        selection_users=settings.adapt.selection_users if selection_users is None else selection_users,
     )
     try:
         diag = run_diagnose(opts, say=console.print)
