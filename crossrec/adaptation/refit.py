@@ -23,8 +23,8 @@ from dataclasses import replace
 import torch
 
 from crossrec.adaptation.data import AdaptData
-from crossrec.adaptation.model import ModelConfig
-from crossrec.adaptation.shrinkage import has_id_offsets, shrink_factors
+from crossrec.adaptation.model import HybridItemTower, ModelConfig
+from crossrec.adaptation.shrinkage import shrink_factors
 from crossrec.adaptation.strategies import STRATEGIES, RunContext, Trained
 from crossrec.adaptation.trainer import TrainConfig
 
@@ -48,10 +48,10 @@ def refit_chosen(ctx: RunContext, chosen: Trained, say: Callable[[str], None] = 
     say(f"refit: training {chosen.name} again on every training event (the selection events included)")
     refit = STRATEGIES[chosen.name](ctx)
     k = kept_shrinkage(chosen)
-    if k > 0 and has_id_offsets(refit.model):
-        assert refit.model is not None
+    items = refit.model.items if refit.model is not None else None
+    if k > 0 and isinstance(items, HybridItemTower):
         with torch.no_grad():
-            table = refit.model.items.ids.weight
+            table = items.ids.weight
             table.mul_(shrink_factors(ctx.item_event_counts(), k).to(table.device)[:, None])
     refit.choice = {"refit_of": chosen.name, "id_shrink_kept": k}
     return refit
