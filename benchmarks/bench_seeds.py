@@ -147,8 +147,10 @@ def summarise(out_dir: Path) -> dict:
                 for kind in ("user", "item")
             }
         served = [r["served"] for r in rs if "served" in r]
-        if len(served) == len(rs):  # the models registered: refitted on every training event
-            s["served"] = {n: {"NDCG@10": _mean_sd([v["test"][n]["NDCG@10"] for v in served]), "strategy": served[0]["strategy"]} for n in served[0]["test"]}
+        if len(served) == len(rs):  # the models registered, refitted on every training event; seeds may choose different strategies
+            s["served"] = {"chosen text model": {"NDCG@10": _mean_sd([v["test"][v["strategy"]]["NDCG@10"] for v in served]), "strategies": [v["strategy"] for v in served]}}
+            if all("routed" in v["test"] for v in served):
+                s["served"]["routed"] = {"NDCG@10": _mean_sd([v["test"]["routed"]["NDCG@10"] for v in served])}
         curves = [r.get("fractions", {}) for r in rs]
         for n in dict.fromkeys(k for c in curves for k in c):
             fr = {}
@@ -195,7 +197,7 @@ def summary_markdown(summary: dict) -> str:
         if s.get("served"):
             lines.append("\n| served (refitted on every training event) | overall |\n|---|---|")
             for n, v in s["served"].items():
-                lines.append(f"| {n} | {_fmt(v['NDCG@10'])} |")
+                lines.append(f"| {n}{' (' + ', '.join(v['strategies']) + ')' if 'strategies' in v else ''} | {_fmt(v['NDCG@10'])} |")
         if s["fractions"]:
             fracs = sorted({f for v in s["fractions"].values() for f in v}, key=float)
             lines.append("\n| fraction curve | " + " | ".join(f"{float(f):.0%}" for f in fracs) + " |")
@@ -256,7 +258,10 @@ def run_one(args: argparse.Namespace, seed: int, label: str, overrides: dict) ->
     def keep(res: dict, stage: str) -> None:
         res["bench"] = {"label": label or "main", "overrides": overrides, "stage": stage, "wall_s": time.perf_counter() - t0}
         _write(out / f"{label}seed{seed}.json", json.dumps(res, indent=1, default=float))
-        write_summary(out)
+        try:
+            write_summary(out)
+        except Exception as exc:  # noqa: BLE001 - the seed's own file is written; a summary bug must not stop its run
+            console.log(f"summary not rewritten after {label}seed {seed} ({stage}): {exc!r}")
 
     opts = AdaptOptions(
         input_dir=args.input, output_dir=work / "out", strategies=args.strategies.split(","), seeds=[seed],

@@ -531,6 +531,11 @@ def test_partial_results_come_before_the_fraction_curve_and_bench_summary_averag
     out.mkdir()
     second = json.loads(json.dumps(res, default=float))
     second["test"]["target_only"]["NDCG@10"]["mean"] += 0.01
+    # the second seed chose (and served) another strategy: the served summary follows each seed's choice
+    first_served = res["served"]["test"][res["served"]["strategy"]]["NDCG@10"]
+    second["served"]["test"] = {"zero_shot": {"NDCG@10": first_served + 0.02}, "routed": second["served"]["test"]["routed"]}
+    second["served"]["segments"]["zero_shot"] = second["served"]["segments"].pop(res["served"]["strategy"])
+    second["served"]["strategy"] = "zero_shot"
     (out / "seed1.json").write_text(json.dumps(res, default=float))
     (out / "seed2.json").write_text(json.dumps(second))
     s = write_summary(out)["main"]
@@ -540,6 +545,9 @@ def test_partial_results_come_before_the_fraction_curve_and_bench_summary_averag
     assert s["test"]["target_only"]["NDCG@10"]["sd"] == pytest.approx(0.01 / np.sqrt(2))
     assert s["test"]["popularity"]["NDCG@10"]["sd"] == pytest.approx(0.0)
     assert s["verdicts"]["text_vs_sasrec"]["values"][1] > s["verdicts"]["text_vs_sasrec"]["values"][0]
+    served = s["served"]["chosen text model"]
+    assert served["strategies"] == [res["served"]["strategy"], "zero_shot"] and served["NDCG@10"]["mean"] == pytest.approx(first_served + 0.01)
+    assert s["served"]["routed"]["NDCG@10"]["mean"] == pytest.approx(res["served"]["test"]["routed"]["NDCG@10"])
     # the routed model's tail-item NDCG@10 (test items with < 5 training interactions), pooled by count
     from crossrec.evaluation import ITEM_SEGMENTS
 
