@@ -209,7 +209,7 @@ def summary_markdown(summary: dict) -> str:
             lines.append(f"| {k} | {v['mean']:.4f}±{v['sd']:.4f} | {', '.join(f'{x:.4f}' for x in v['values'])} |")
         lines.append("\nChoices (selection set):")
         for seed, c in s["choices"].items():
-            routes = "; ".join(f"{g}: {r.get('reason')}" for g, r in (c["routes"] or {}).items())
+            routes = "; ".join(f"{g}: {r.get('reason')}" + (f" [{r['tail_slot_reason']}]" if r.get("tail_slot_reason") else "") for g, r in (c["routes"] or {}).items())
             lines.append(f"- seed {seed}: strategy: {c['strategy'].get('reason')}. SASRec kept {c['sasrec']}. Routes: {routes}. Run {c['run_s'] or 0:.0f}s on {c['device']}.")
         d = s.get("diagnose", {})
         if d.get("verdict"):

@@ -103,7 +103,8 @@ class RoutedItems(list):  # type: ignore[type-arg]
 
     A plain ``list`` to every caller that only ranks and writes items (the consumer's ``Scorer``
     protocol returns ``list[RecItem]``); ``route`` names the routed model's route (``model``,
-    ``item_knn``, ``source_cooc``, ``text_knn``, ``popularity``, ``blend``), or ``None`` for an unrouted model.
+    ``item_knn``, ``source_cooc``, ``text_knn``, ``popularity``, ``blend``; followed by ``+tail``
+    when the route's tail slots placed an item in the list), or ``None`` for an unrouted model.
     """
 
     def __init__(self, items: Iterable[Any] = (), route: str | None = None) -> None:

@@ -164,9 +164,10 @@ def render_html(results: dict) -> str:
         parts.append(f"<h2>Routed model ({html.escape(str(routing.get('strategy')))} + training-free routes, chosen per segment on the selection set)</h2>")
         parts.append("<p>Each segment keeps its fallback unless a challenger's paired bootstrap CI against it excludes zero.</p>")
         parts.append(_table(
-            ["segment", "route", "fallback (why)", "selection users", "selection NDCG@10 per candidate", "why this route"],
+            ["segment", "route", "fallback (why)", "selection users", "selection NDCG@10 per candidate", "why this route", "tail slots (why)"],
             [[seg, c["route"], f"{c.get('fallback', 'model')} ({c.get('fallback_reason') or 'tables fitted before fallbacks: always the model'})", c["n_users"],
-              ", ".join(f"{k} {v:.4f}" for k, v in c["selection_ndcg10"].items()), c["reason"]] for seg, c in routing["routes"].items()],
+              ", ".join(f"{k} {v:.4f}" for k, v in c["selection_ndcg10"].items()), c["reason"],
+              f"{c.get('tail_slots', 0)} ({c.get('tail_slot_reason') or 'not tried'})"] for seg, c in routing["routes"].items()],
         ))
     diag = results.get("diagnose")
     if diag and "segments" in diag:

@@ -171,6 +171,11 @@ class AdaptSettings(BaseModel):
     # run is made on it; TrainConfig.selection_users). On Art -> Office 2,000 resolved strategy
     # differences of only about ±6-8 %; 6,000 separate a 5 % difference (README: "selection set").
     selection_users: int = Field(default=6000, ge=0)
+    # Tail slots (adaptation/tail_slots.py): the loss of overall NDCG@10 a deployment accepts, as a
+    # fraction of the route's own, for giving the last places of each top ten to the tail items
+    # nearest by text. Slots are kept per segment only when the selection set's tail events gain
+    # (CI above zero) and the overall CI's lower bound stays above minus this; 0 turns them off.
+    tail_slot_margin: float = Field(default=0.01, ge=0, lt=1)
 
 
 class CleanSettings(BaseModel):

@@ -31,6 +31,7 @@ from crossrec.adaptation.scorers import TrainingFreeScorers, normalise_rows
 from crossrec.adaptation.synthetic import write_synthetic
 from crossrec.adaptation.trainer import TrainConfig
 from crossrec.batch_publish import publish
+from crossrec.publish import make_rec_list
 from crossrec.keys import KeySchema, RecList
 from crossrec.registry import registry_for
 from crossrec.settings import Settings
@@ -270,6 +271,63 @@ def test_batched_routed_lists_equal_a_plain_dense_build_per_user(routed_work: Pa
         lst = got[f"u{i}"]
         assert lst.route == route and [item for item, _ in lst] == [item for item, _ in items], (i, route)
         assert np.allclose([s for _, s in lst], [s for _, s in items], rtol=1e-5, atol=1e-6), (i, route)
+
+
+
+def test_tail_slots_serve_the_merged_ranking_the_evaluation_scores(routed_work: Path, tmp_path: Path) -> None:
+    """A table with tail slots: each list is ``tail_slots.merge`` of the route's full order (the
+    plain per-user build above) and the user's tail items nearest their last trained target item
+    by text (stored neighbours, stored counts < 5, history left out); a list whose slots took an
+    item says ``<route>+tail``; segments without slots and lists shorter than the window are the route's."""
+    from crossrec.adaptation.tail_slots import TAIL_MAX_COUNT, WINDOW, merge
+
+    reg = registry_for(routed_work)
+    art = tmp_path / "art"
+    shutil.copytree(reg.path(reg.current()), art)
+    counts = np.load(art / "routing" / "popularity.npy")
+    assert 0 < (counts < TAIL_MAX_COUNT).sum() < counts.size  # the fixture has tail and head items
+    routes = {"cold": RouteChoice("cold", "source_cooc", 10), "1-2": RouteChoice("1-2", "item_knn", 10, tail_slots=2),
+              "3+": RouteChoice("3+", "blend", 10, blend_weights=BLEND, tail_slots=1)}
+    (art / "routing" / "routing.json").write_text(json.dumps(RoutingTable(routes, "target_only").to_dict()))
+    rr = RoutedRecommender("vT", art)
+    rr.path = art
+    table = np.load(art / "routing" / "text_knn.npz")
+    items = pd.read_parquet(art / "items.parquet", columns=["domain", "item_id"])
+    office = [i for d, i in zip(items["domain"].astype(str), items["item_id"]) if d == "office"]
+    rng = np.random.default_rng(7)
+    keys = rr._keys[1:]
+    histories = [[keys[j] for j in rng.integers(0, len(keys), rng.integers(0, 14))] for _ in range(80)]
+    histories += [[("art", i) for i in it] for it in COLD_USERS.values()] + [THIN_USER]
+    n_now = len(rr.target_items)
+    full = _reference_routed(rr, histories, n_now)
+    for k in (12, 7):
+        got = rr.top_k_for_users({f"u{i}": h for i, h in enumerate(histories)}, k=k)
+        slotted = 0
+        for i, (h, (route, order)) in enumerate(zip(histories, full)):
+            seg = str(segment_of(sum(1 for d, _ in h if d == "office")))
+            s = routes[seg].tail_slots if k > WINDOW - routes[seg].tail_slots else 0
+            last = [office.index(item) for d, item in h if d == "office" and item in office]
+            pool: list[str] = []
+            if s and last:
+                cols, vals = table["cols"][last[-1]], table["values"][last[-1]]
+                ranked = sorted((-v, c) for c, v in zip(cols, vals) if c >= 0 and v > 0 and counts[c] < TAIL_MAX_COUNT)
+                pool = [office[c] for _, c in ranked if ("office", office[c]) not in set(h)]
+            route_items = [item for item, _ in order]
+            want = merge(route_items, pool, s, k)
+            lst = got[f"u{i}"]
+            assert [item for item, _ in lst] == want, (i, seg, k)
+            moved = bool(set(want[:WINDOW]) - set(route_items[:WINDOW]))
+            assert lst.route == (f"{route}+tail" if moved else route), (i, seg)
+            slotted += moved
+            # each item keeps its route score, but a slot shows the score of the place above it,
+            # so the list stays best-first by score and the writer's ordering keeps the slots
+            score_of = dict(order)
+            head = WINDOW - s
+            shown = [score_of[item] if not (head <= p < head + s and item in pool) else score_of[want[head - 1]] for p, item in enumerate(want)]
+            assert np.allclose([sc for _, sc in lst], shown, rtol=1e-5, atol=1e-6), (i, seg)
+            written = make_rec_list([it for it, _ in lst], [sc for _, sc in lst], "vT", route=lst.route)
+            assert [it.item_id for it in written.items] == want
+        assert slotted > 5 if k == 12 else slotted == 0  # k = 7 < WINDOW - s: no slot shows
 
 
 # ------------------------------------------------------------------------------ publish + API

@@ -112,6 +112,7 @@ def test_adapt_and_diagnose_cli_on_a_pair_from_settings(plain: Path, tmp_path: P
     monkeypatch.setenv("CROSSREC_SOURCE_DOMAIN", PAIR[0])
     monkeypatch.setenv("CROSSREC_TARGET_DOMAIN", PAIR[1])
     monkeypatch.setenv("CROSSREC_DOMAINS", json.dumps(list(PAIR)))
+    monkeypatch.setenv("CROSSREC_ADAPT__TAIL_SLOT_MARGIN", "0.2")
     get_settings.cache_clear()
     try:
         r = CliRunner().invoke(app, ["diagnose", "--input", str(plain), "--output", str(tmp_path / "d"), "--split", str(plain / "users_split.json"), "--selection-users", "200"])
@@ -128,6 +129,9 @@ def test_adapt_and_diagnose_cli_on_a_pair_from_settings(plain: Path, tmp_path: P
         res = json.loads((tmp_path / "a" / "results.json").read_text())
         assert {"target_only", "popularity", "routed"} <= set(res["test"])
         assert res["diagnose"]["source_domain"] == "books"
+        # the tail-slot margin comes from settings too: every route that tried slots quotes it
+        reasons = [c["tail_slot_reason"] for c in res["routing"]["routes"].values() if c["tail_slot_reason"]]
+        assert reasons and all("-20%" in r for r in reasons), reasons
     finally:
         get_settings.cache_clear()
 
@@ -269,3 +273,26 @@ def test_routing_tables_written_before_fallbacks_still_load() -> None:
     assert newer["routes"]["cold"]["fallback"] == "model" and "ci_vs_reference" not in newer["routes"]["cold"]
     newer["routes"]["cold"]["added_by_a_later_version"] = 1  # unknown keys are ignored
     assert RoutingTable.from_dict(newer).routes["cold"].blend_weights == {"model": 1.0, "popularity": 0.3}
+
+
+def test_the_routed_table_records_the_tail_slot_choice_and_its_evidence(no_signal) -> None:
+    """With a margin every route but popularity says what its tail slots did on the selection set
+    (and the choice never changes which route is chosen); with none, nothing is tried."""
+    from crossrec.adaptation.pipeline import routing_selection
+    from crossrec.adaptation.routing import fit_routing
+    from crossrec.adaptation.trainer import logits_eval_set
+
+    ctx, trained = no_signal
+    scorers, segments = routing_selection(ctx, trained.view)
+    logits = lambda ev: logits_eval_set(trained.model, ctx.data, ev)  # noqa: E731
+    with_slots = fit_routing(ctx.data, scorers, logits, segments, trained.name, say=lambda s: None, tail_slot_margin=0.5)
+    without = fit_routing(ctx.data, scorers, logits, segments, trained.name, say=lambda s: None)
+    tried = 0
+    for seg, choice in with_slots.routes.items():
+        assert choice.route == without.routes[seg].route
+        if choice.route != "popularity" and choice.n_users >= 2:
+            tried += 1
+            assert set(choice.tail_slot_evidence) == {"1", "2"} and choice.tail_slot_reason, seg
+            assert (choice.tail_slots > 0) == any(e["kept"] for e in choice.tail_slot_evidence.values())
+        assert without.routes[seg].tail_slots == 0 and not without.routes[seg].tail_slot_reason
+    assert tried >= 1

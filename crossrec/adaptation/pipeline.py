@@ -203,7 +203,7 @@ def build_routing(data: AdaptData, opts: AdaptOptions, trained: Trained, cache: 
     model = trained.model
     ctx = RunContext(data, opts.model, opts.train, opts.seeds[0], fraction, cache=cache)
     scorers, segments = routing_selection(ctx, trained.view)
-    table = fit_routing(data, scorers, lambda ev: logits_eval_set(model, data, ev), segments, trained.name, say)
+    table = fit_routing(data, scorers, lambda ev: logits_eval_set(model, data, ev), segments, trained.name, say, opts.train.tail_slot_margin)
     return table, scorers, evaluate_routing(ctx, table, scorers, lambda ev: logits_eval_set(model, data, ev), trained.view)
 
 
@@ -233,7 +233,7 @@ def evaluate_routing(ctx: RunContext, table: "RoutingTable", scorers: "TrainingF
     """Test metrics of a routing table, overall and per segment: natural histories routed by their
     segment, the constructed cold view (target history hidden) routed as cold."""
     from crossrec.adaptation.data import SPLIT_CODES, make_eval_set
-    from crossrec.adaptation.routing import score_rows, segment_of
+    from crossrec.adaptation.routing import route_ranks, segment_of
 
     data, max_len = ctx.data, ctx.model_cfg.max_len
     users = data.split_users["test"]
@@ -248,10 +248,10 @@ def evaluate_routing(ctx: RunContext, table: "RoutingTable", scorers: "TrainingF
     for name in ("cold", "1-2", "3+"):
         rows = np.flatnonzero(t_seg == name)
         if rows.size:
-            ranks[rows] = rank_rows(score_rows(table.routes.get(name), scorers, t_m, logits[rows], rows), t_m, rows)
+            ranks[rows] = route_ranks(table.routes.get(name), scorers, t_m, logits[rows], rows)
             routes_used[name] = int(rows.size)
     all_rows = np.arange(len(tc_m.targets))
-    cold_ranks = rank_rows(score_rows(table.routes.get("cold"), scorers, tc_m, cold_logits, all_rows), tc_m, all_rows) if all_rows.size else np.zeros(0, np.int64)
+    cold_ranks = route_ranks(table.routes.get("cold"), scorers, tc_m, cold_logits, all_rows) if all_rows.size else np.zeros(0, np.int64)
     users_seg = segment_metrics(ranks, user_segment_of(t_m.n_target_hist), USER_SEGMENTS)
     users_seg[USER_SEGMENTS[0]] = compute_metrics(cold_ranks)
     counts = ctx.item_train_counts()[t_m.targets]
@@ -261,12 +261,6 @@ def evaluate_routing(ctx: RunContext, table: "RoutingTable", scorers: "TrainingF
         "segments": {"user": users_seg, "item": segment_metrics(ranks, item_segment_of(counts), ITEM_SEGMENTS)},
         "routes_used": routes_used,
     }
-
-
-def rank_rows(scores: np.ndarray, ev, rows: np.ndarray) -> np.ndarray:
-    from crossrec.adaptation.scorers import rank_scores
-
-    return rank_scores(scores, ev, rows)
 
 
 def run_fraction_curve(

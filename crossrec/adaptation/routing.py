@@ -41,6 +41,7 @@ from crossrec.adaptation.baselines import ItemKNN
 from crossrec.adaptation.data import SOURCE, TARGET, AdaptData, EvalSet
 from crossrec.adaptation.inference import History, Recommender
 from crossrec.adaptation.scorers import ROUTABLE, TextNeighbours, TrainingFreeScorers, blend, fit_blend, ndcg_objective, normalise_rows, normalise_rows_, rank_scores
+from crossrec.adaptation.tail_slots import SLOT_GRID, TAIL_MAX_COUNT, WINDOW, choose_tail_slots, merge, ranks_with_slots, slot_items_for, slot_pool, tail_items
 from crossrec.evaluation import paired_bootstrap, per_user
 from crossrec.keys import RoutedItems
 
@@ -65,6 +66,9 @@ class RouteChoice:
     reason: str = ""
     fallback: str = REFERENCE  # the route kept when no challenger's CI excludes zero
     fallback_reason: str = ""
+    tail_slots: int = 0  # places of the top ten given to text-nearest tail items (tail_slots.py)
+    tail_slot_evidence: dict[str, dict] = field(default_factory=dict)  # per slot count tried: its CIs
+    tail_slot_reason: str = ""
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "RouteChoice":
@@ -142,6 +146,32 @@ def choose_route(per: Mapping[str, np.ndarray], fallback: str) -> tuple[str, dic
     return fallback, cis, f"{best} is {interval} over the fallback {fallback} but its CI includes zero: keeping {fallback}"
 
 
+def slotted_ranks(scores: np.ndarray, text: np.ndarray, ev: EvalSet, rows: np.ndarray, is_tail: np.ndarray, slots: Sequence[int]) -> dict[int, np.ndarray]:
+    """Ranks of ``rows``' held-out items under ``scores`` (a route's, ``rows`` of ``ev``) with
+    each number of tail slots in ``slots`` (0: the route's own ranking); ``text`` holds the same
+    rows' row-normalised ``text_knn`` scores."""
+    base = rank_scores(scores, ev, rows)
+    out = {0: base} if 0 in slots else {}
+    wanted = [s for s in slots if s > 0]
+    if not wanted or len(rows) == 0:
+        return out
+    masked = torch.zeros(scores.shape, dtype=torch.bool)
+    for j, i in enumerate(rows):
+        masked[j, torch.from_numpy(np.asarray(ev.masks[i], np.int64))] = True
+    t = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+    head = torch.topk(t.masked_fill(masked, -np.inf), min(WINDOW, t.shape[1]), dim=1).indices.numpy()
+    pool = slot_pool(torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)), is_tail, masked)
+    for s in wanted:
+        out[s] = ranks_with_slots(scores, base, ev.targets[rows], slot_items_for(pool, head, s))
+    return out
+
+
+def _choose_slots(route_scores: np.ndarray, text: np.ndarray, ev: EvalSet, rows: np.ndarray, is_tail: np.ndarray, margin: float) -> tuple[int, dict[str, dict], str]:
+    ranks = slotted_ranks(route_scores, text, ev, rows, is_tail, (0, *SLOT_GRID))
+    per = {s: per_user(r) for s, r in ranks.items()}
+    return choose_tail_slots(per, is_tail[ev.targets[rows]], margin)
+
+
 def fit_routing(
     data: AdaptData,
     scorers: TrainingFreeScorers,
@@ -149,14 +179,17 @@ def fit_routing(
     segments: Mapping[str, tuple[EvalSet, EvalSet, np.ndarray]],
     strategy: str,
     say: Callable[[str], None] = print,
+    tail_slot_margin: float = 0.0,
 ) -> RoutingTable:
-    """Choose a route per segment on the selection set (its fallback unless a challenger clearly beats it).
+    """Choose a route per segment on the selection set (its fallback unless a challenger clearly
+    beats it), then its tail slots (``tail_slots.py``; none when ``tail_slot_margin`` is 0).
 
     ``segments[seg] = (mixed-view eval set, model-view eval set, rows)``: the two eval sets hold the
     same users in the same order (the model may read only its own view, the scorers read both
     domains); ``model_logits`` scores the model-view set.
     """
     routes: dict[str, RouteChoice] = {}
+    is_tail = tail_items(scorers.pop.counts)
     for seg, (ev_mixed, ev_model, rows) in segments.items():
         fallback, why = fallback_for(ev_model, rows)
         if rows.size < 2:
@@ -172,8 +205,13 @@ def fit_routing(
         per["blend"], weights = _cross_fitted_blend(comps, ev_mixed, rows, anchor)
         route, cis, reason = choose_route(per, fallback)
         means = {n: float(v.mean()) for n, v in per.items()}
-        routes[seg] = RouteChoice(seg, route, int(rows.size), means, cis, weights, reason, fallback, why)
-        say(f"route {seg}: {route} ({reason}; fallback {fallback}: {why})")
+        choice = RouteChoice(seg, route, int(rows.size), means, cis, weights, reason, fallback, why)
+        if tail_slot_margin > 0 and route != "popularity":
+            route_scores = blend(comps, weights) if route == "blend" else comps[route]
+            choice.tail_slots, choice.tail_slot_evidence, choice.tail_slot_reason = _choose_slots(route_scores, comps["text_knn"], ev_mixed, rows, is_tail, tail_slot_margin)
+        routes[seg] = choice
+        slots = f"; {choice.tail_slot_reason}" if choice.tail_slot_reason else ""
+        say(f"route {seg}: {route} ({reason}; fallback {fallback}: {why}){slots}")
     return RoutingTable(routes, strategy)
 
 
@@ -186,6 +224,17 @@ def score_rows(choice: RouteChoice | None, scorers: TrainingFreeScorers, ev_mixe
     comps = {n: normalise_rows(model_rows if n == REFERENCE else scorers.score(n, hists)) for n in names}
     return blend(comps, {n: choice.blend_weights[n] for n in names}) if route == "blend" else comps[route]  # type: ignore[union-attr]
 
+
+
+def route_ranks(choice: RouteChoice | None, scorers: TrainingFreeScorers, ev_mixed: EvalSet, model_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Ranks of ``rows``' held-out items under their route, tail slots included (offline
+    evaluation of a routing table; the ranking serving builds)."""
+    scores = score_rows(choice, scorers, ev_mixed, model_rows, rows)
+    s = choice.tail_slots if choice is not None else 0
+    if s <= 0:
+        return rank_scores(scores, ev_mixed, rows)
+    text = normalise_rows(scorers.score("text_knn", [ev_mixed.histories[i] for i in rows]))
+    return slotted_ranks(scores, text, ev_mixed, rows, tail_items(scorers.pop.counts), (s,))[s]
 
 # --------------------------------------------------------------------------------- serving
 
@@ -349,7 +398,9 @@ class RoutedRecommender(Recommender):
             at = np.flatnonzero(dom == d)
             at = at[at > 0]
             self._local_dom[at], self._local_idx[at] = d, at - offsets[d]
-        self._pop = normalise_rows(np.load(rdir / "popularity.npy").astype(np.float32)[None, :])
+        counts = np.load(rdir / "popularity.npy")
+        self._pop = normalise_rows(counts.astype(np.float32)[None, :])
+        self._is_tail = tail_items(counts)  # what the tail slots may hold (items streamed in later have no text neighbours)
         self._knn = {name: _load_knn(rdir / f"{name}.npz") for name in ("item_knn", "source_cooc")}
         self._knn_t = {name: (_sparse_t(m.by_user), _sparse_t(m.by_item)) for name, m in self._knn.items()}
         self.n_trained_targets = int(self._pop.shape[1])
@@ -362,8 +413,8 @@ class RoutedRecommender(Recommender):
             self._text = TextNeighbours(z["cols"], z["values"])
             if self._text.cols.shape[0] != self.n_trained_targets:
                 raise ValueError(f"{path}: text_knn covers {self._text.cols.shape[0]} target items but the model has {self.n_trained_targets}")
-        elif any("text_knn" in (route, *weights) for route, weights in map(self.route_of_segment, self.table.routes)):
-            raise FileNotFoundError(f"{path}: the routing table uses text_knn but routing/text_knn.npz is missing")
+        elif any("text_knn" in (route, *weights) for route, weights in map(self.route_of_segment, self.table.routes)) or any(c.tail_slots for c in self.table.routes.values()):
+            raise FileNotFoundError(f"{path}: the routing table uses text_knn (a route or its tail slots) but routing/text_knn.npz is missing")
 
     def route_of_segment(self, segment: str) -> tuple[str, dict[str, float]]:
         choice = self.table.routes.get(segment)
@@ -459,20 +510,61 @@ class RoutedRecommender(Recommender):
             members = np.flatnonzero(segs == seg)
             route, weights = self.route_of_segment(str(seg))
             seg_masks = [masks[i] for i in members]
+            slots, tailed = 0, [False] * len(members)
             if route == "popularity":
                 top_idx, top_val = self._popular_top(seg_masks, k, n_now)
             else:
                 in_seg = np.isin(users, members)
                 looked_up = (rows[in_seg], is_target[in_seg])
-                scores = self._route_scores(route, weights, [histories[i] for i in members], np.searchsorted(members, users[in_seg]), looked_up, n_now)
+                local = np.searchsorted(members, users[in_seg])
+                scores = self._route_scores(route, weights, [histories[i] for i in members], local, looked_up, n_now)
                 lens = [m.size for m in seg_masks]
                 scores[np.repeat(np.arange(len(members)), lens), np.concatenate(seg_masks) if seg_masks else np.zeros(0, np.int64)] = -np.inf
-                idx, val, keep = top_k_rows(scores, k)
+                choice = self.table.routes.get(str(seg))
+                slots = choice.tail_slots if choice is not None and k > WINDOW - choice.tail_slots else 0
+                idx, val, keep = top_k_rows(scores, k + slots)
                 top_idx = [idx[r, : keep[r]] for r in range(len(members))]
                 top_val = [val[r, : keep[r]] for r in range(len(members))]
+                if slots:
+                    pools = self._slot_pools(local, looked_up[0], len(members), seg_masks)
+                    top_idx, top_val, tailed = self._with_slots(top_idx, scores, pools, slots, k)
             for r, i in enumerate(members):
-                out[i] = RoutedItems([(ids[j], float(v)) for j, v in zip(top_idx[r], top_val[r])], route)
+                label = f"{route}+tail" if tailed[r] else route
+                out[i] = RoutedItems([(ids[j], float(v)) for j, v in zip(top_idx[r], top_val[r])], label)
         return out
+
+    def _slot_pools(self, users: np.ndarray, rows: np.ndarray, n_users: int, masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per user, the tail items the slots may hold, best first: the last target item's text
+        neighbours (``text_knn``, positive scores) with fewer than ``TAIL_MAX_COUNT`` training
+        interactions, the user's masked columns left out (ties: lower column first)."""
+        sparse = self._training_free("text_knn", users, rows, n_users)
+        assert isinstance(sparse, SparseScores)
+        keep = (sparse.values > 0) & self._is_tail[sparse.cols]
+        r, c, v = sparse.rows[keep], sparse.cols[keep], sparse.values[keep]
+        order = np.lexsort((c, -v, r))
+        r, c = r[order], c[order]
+        bounds = np.searchsorted(r, np.arange(n_users + 1))
+        return [c[bounds[u] : bounds[u + 1]][~np.isin(c[bounds[u] : bounds[u + 1]], masks[u])] for u in range(n_users)]
+
+    @staticmethod
+    def _with_slots(top_idx: list[np.ndarray], scores: np.ndarray, pools: list[np.ndarray], slots: int, k: int) -> tuple[list[np.ndarray], list[np.ndarray], list[bool]]:
+        """``tail_slots.merge`` per user: the lists with their slots filled, and whether a slot
+        brought in an item the route's first ``WINDOW`` did not hold. An item keeps its route
+        score except in a slot, where it shows the score of the last route place above it (its
+        own is lower): the list stays best-first by score, so a writer that orders by score
+        (``publish.make_rec_list``) keeps the slots where they are."""
+        out_idx, out_val, tailed = [], [], []
+        for r, order in enumerate(top_idx):
+            merged = np.asarray(merge(order.tolist(), pools[r].tolist(), slots, k), np.int64)
+            val = scores[r, merged].astype(np.float32) if merged.size else np.zeros(0, np.float32)
+            head = min(WINDOW - slots, order.size)
+            filled = len([c for c in pools[r].tolist() if c not in set(order[:head].tolist())][:slots])
+            if head > 0 and merged.size > head:
+                val[head : head + filled] = val[head - 1]
+            out_idx.append(merged)
+            out_val.append(val)
+            tailed.append(bool(set(merged[:WINDOW].tolist()) - set(order[:WINDOW].tolist())))
+        return out_idx, out_val, tailed
 
     def score_history(self, history: History, k: int, exclude: Iterable[str] | None = None) -> list[tuple[str, float]]:
         """Top-k target items for one history through its segment's route (a ``RoutedItems``)."""

@@ -49,6 +49,9 @@ class TrainConfig:
     # model is then trained again on everything: adaptation/refit.py). 0 = choose on the validation
     # users (the early-stopping set) as before. The default is settings.adapt.selection_users'.
     selection_users: int = AdaptSettings().selection_users
+    # Tail slots of the routed model: the overall loss accepted for them (settings.adapt's default;
+    # routing.fit_routing, tail_slots.choose_tail_slots). 0 = no slots.
+    tail_slot_margin: float = AdaptSettings().tail_slot_margin
     # The SASRec baseline's own hyper-parameters: each entry overrides ModelConfig/TrainConfig fields;
     # the entry with the best selection-set NDCG@10 is kept (early stopping on validation as usual).
     # Probed on Art -> Office (seed 42, validation NDCG@10 at the best epoch): lr 1e-3 with dropout

@@ -41,6 +41,7 @@ def adapt(
     device: str | None = typer.Option(None, "--device", help="where training runs: cpu | cuda | cuda:N | auto (cuda when torch sees one); default: settings.adapt.device"),
     run_key: str | None = typer.Option(None, "--run-key", help="idempotence key (e.g. nightly-2026-01-01): if a model was already registered under it, nothing is trained again"),
     selection_users: int | None = typer.Option(None, min=0, help="training users whose last target event is held out as the selection set (choices, routes, SASRec's grid); 0 = choose on the validation users (default: settings.adapt.selection_users)"),
+    tail_slot_margin: float | None = typer.Option(None, min=0.0, max=0.99, help="overall NDCG@10 loss (fraction) accepted for tail slots in the routed lists; 0 = none (default: settings.adapt.tail_slot_margin)"),
     sasrec_grid: str = typer.Option("", help='SASRec hyper-parameter candidates as JSON, e.g. \'[{"lr": 0.001, "dropout": 0.5}, {"lr": 0.003, "max_epochs": 10}]\' (default: TrainConfig.sasrec_grid)'),
     routing: bool = typer.Option(True, help="fit and store the routed model (per-segment routes) with the registered artifact"),
     refit: bool = typer.Option(True, help="train the chosen model again on every training event, selection events included, before registering it (--no-refit: register the model the choices were made on)"),
@@ -96,7 +97,7 @@ def adapt(
             refit=refit,
             diagnose=diagnose,
             model=ModelConfig(dim=dim, encoder=seq_encoder, item_tower=item_tower),
-            train=TrainConfig(lr=lr, max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives, transfer_view=transfer_view, selection_users=settings.adapt.selection_users if selection_users is None else selection_users, device=device or settings.adapt.device, **extra_train),
+            train=TrainConfig(lr=lr, max_epochs=max_epochs, patience=patience, pretrain_epochs=pretrain_epochs, n_negatives=negatives, transfer_view=transfer_view, selection_users=settings.adapt.selection_users if selection_users is None else selection_users, tail_slot_margin=settings.adapt.tail_slot_margin if tail_slot_margin is None else tail_slot_margin, device=device or settings.adapt.device, **extra_train),
             threads=threads,
             run_key=run_key,
         )
