@@ -129,9 +129,9 @@ def test_adapt_and_diagnose_cli_on_a_pair_from_settings(plain: Path, tmp_path: P
         res = json.loads((tmp_path / "a" / "results.json").read_text())
         assert {"target_only", "popularity", "routed"} <= set(res["test"])
         assert res["diagnose"]["source_domain"] == "books"
-        # the tail-slot margin comes from settings too: every route that tried slots quotes it
-        reasons = [c["tail_slot_reason"] for c in res["routing"]["routes"].values() if c["tail_slot_reason"]]
-        assert reasons and all("-20%" in r for r in reasons), reasons
+        # the tail-slot margin comes from settings too, and every route but popularity tried slots
+        assert res["run"]["train"]["tail_slot_margin"] == 0.2
+        assert all(c["tail_slot_reason"] for c in res["routing"]["routes"].values() if c["route"] != "popularity" and c["n_users"] >= 2)
     finally:
         get_settings.cache_clear()
 

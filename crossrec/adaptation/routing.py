@@ -41,7 +41,7 @@ from crossrec.adaptation.baselines import ItemKNN
 from crossrec.adaptation.data import SOURCE, TARGET, AdaptData, EvalSet
 from crossrec.adaptation.inference import History, Recommender
 from crossrec.adaptation.scorers import ROUTABLE, TextNeighbours, TrainingFreeScorers, blend, fit_blend, ndcg_objective, normalise_rows, normalise_rows_, rank_scores
-from crossrec.adaptation.tail_slots import SLOT_GRID, TAIL_MAX_COUNT, WINDOW, choose_tail_slots, merge, ranks_with_slots, slot_items_for, slot_pool, tail_items
+from crossrec.adaptation.tail_slots import SLOT_GRID, WINDOW, choose_tail_slots, merge, ranks_with_slots, slot_items_for, slot_pool, tail_items
 from crossrec.evaluation import paired_bootstrap, per_user
 from crossrec.keys import RoutedItems
 
@@ -225,16 +225,16 @@ def score_rows(choice: RouteChoice | None, scorers: TrainingFreeScorers, ev_mixe
     return blend(comps, {n: choice.blend_weights[n] for n in names}) if route == "blend" else comps[route]  # type: ignore[union-attr]
 
 
-
 def route_ranks(choice: RouteChoice | None, scorers: TrainingFreeScorers, ev_mixed: EvalSet, model_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Ranks of ``rows``' held-out items under their route, tail slots included (offline
     evaluation of a routing table; the ranking serving builds)."""
     scores = score_rows(choice, scorers, ev_mixed, model_rows, rows)
-    s = choice.tail_slots if choice is not None else 0
+    s = choice.tail_slots if choice is not None and choice.route != "popularity" else 0  # as served
     if s <= 0:
         return rank_scores(scores, ev_mixed, rows)
     text = normalise_rows(scorers.score("text_knn", [ev_mixed.histories[i] for i in rows]))
     return slotted_ranks(scores, text, ev_mixed, rows, tail_items(scorers.pop.counts), (s,))[s]
+
 
 # --------------------------------------------------------------------------------- serving
 
