@@ -84,6 +84,7 @@ def test_routed_model_recovers_the_planted_signal_and_serves_with_its_route(plan
     assert seg_r["no target history (constructed)"]["NDCG@10"] > seg_p["no target history (constructed)"]["NDCG@10"]
     report = (tmp_path / "out" / "report.html").read_text()
     assert "Routed model" in report and "popularity (the model reads no history for these users" in report  # the fallback and why
+    assert "tail slots (why)" in report and all(seg["tail_slot_reason"] for seg in routes.values() if seg["route"] != "popularity" and seg["n_users"] >= 2)
     assert "Transfer diagnosis" in (tmp_path / "out" / "report.html").read_text()
 
     # the registered artifact carries the routing table; the library API serves through it
