@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
 from crossrec.adaptation.model import ModelConfig  # noqa: E402
 from crossrec.adaptation.pipeline import AdaptOptions, run_adapt  # noqa: E402
 from crossrec.adaptation.trainer import TrainConfig  # noqa: E402
-from crossrec.evaluation import ITEM_SEGMENTS, USER_SEGMENTS  # noqa: E402
+from crossrec.evaluation import ITEM_SEGMENTS, TAIL_SEGMENTS, USER_SEGMENTS, pooled  # noqa: E402
 
 console = Console(width=160)
 # What a new-domain (zero-shot) model is held against: training-free scorers of the same histories
@@ -58,9 +58,7 @@ def _ndcg(res: dict, name: str) -> float:
 
 def _tail(seg: dict) -> tuple[float, int]:
     """NDCG@10 over test events whose item had < 5 training interactions (segments 0 and 1-4 pooled)."""
-    parts = [seg["item"][s] for s in ITEM_SEGMENTS[:2] if seg["item"][s]["n_users"]]
-    n = sum(p["n_users"] for p in parts)
-    return (sum(p["NDCG@10"] * p["n_users"] for p in parts) / n if n else float("nan")), n
+    return pooled(seg["item"], TAIL_SEGMENTS)
 
 
 def _best_training_free(diag: dict) -> tuple[str | None, float]:

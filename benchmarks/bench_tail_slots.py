@@ -29,15 +29,6 @@ from rich.table import Table
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-TAIL = ("item unseen in training", "item 1-4 training interactions")
-
-
-def tail_ndcg(item_segments: dict) -> tuple[float, int]:
-    """NDCG@10 over the test events whose item had fewer than 5 training interactions (pooled)."""
-    n = sum(item_segments[s]["n_users"] for s in TAIL)
-    return sum(item_segments[s]["NDCG@10"] * item_segments[s]["n_users"] for s in TAIL) / max(n, 1), n
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="work dir with clean/ and embeddings/")
@@ -55,6 +46,11 @@ def main() -> None:
     from crossrec.adaptation.routing import RoutingTable, fit_routing
     from crossrec.adaptation.strategies import STRATEGIES, RunContext
     from crossrec.adaptation.trainer import TrainConfig, logits_eval_set
+    from crossrec.evaluation import TAIL_SEGMENTS, pooled
+
+    def tail_ndcg(item_segments: dict) -> tuple[float, int]:
+        """NDCG@10 over the test events whose item had fewer than 5 training interactions."""
+        return pooled(item_segments, TAIL_SEGMENTS)
 
     console = Console()
     data = load_adapt_data(args.work, "minilm", "art", "office", split_path=args.split)

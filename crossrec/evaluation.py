@@ -13,7 +13,7 @@ The seed makes the ranks reproducible run to run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -211,6 +211,8 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int
 
 USER_SEGMENTS = ("no target history (constructed)", "no target history (natural)", "1-2 target events", "3+ target events")
 ITEM_SEGMENTS = ("item unseen in training", "item 1-4 training interactions", "item 5+ training interactions")
+TAIL_MAX_COUNT = 5  # an item with fewer training interactions is a tail item: the first two item segments
+TAIL_SEGMENTS = ITEM_SEGMENTS[:2]
 
 
 def user_segment_of(n_target_hist: np.ndarray) -> np.ndarray:
@@ -222,7 +224,15 @@ def user_segment_of(n_target_hist: np.ndarray) -> np.ndarray:
 def item_segment_of(train_counts: np.ndarray) -> np.ndarray:
     """Segment label per held-out item from its number of training interactions."""
     c = np.asarray(train_counts)
-    return np.where(c == 0, ITEM_SEGMENTS[0], np.where(c < 5, ITEM_SEGMENTS[1], ITEM_SEGMENTS[2]))
+    return np.where(c == 0, ITEM_SEGMENTS[0], np.where(c < TAIL_MAX_COUNT, ITEM_SEGMENTS[1], ITEM_SEGMENTS[2]))
+
+
+def pooled(seg: Mapping[str, Mapping[str, float]], labels: Sequence[str], metric: str = "NDCG@10") -> tuple[float, int]:
+    """(mean of ``metric`` over the union of segments ``labels``, weighted by their user counts; its users)."""
+    n = sum(int(seg[lab]["n_users"]) for lab in labels)
+    if n == 0:
+        return float("nan"), 0
+    return sum(seg[lab][metric] * seg[lab]["n_users"] for lab in labels if seg[lab]["n_users"]) / n, n
 
 
 def segment_metrics(ranks: np.ndarray, labels: np.ndarray, order: Sequence[str]) -> dict[str, dict[str, float]]:

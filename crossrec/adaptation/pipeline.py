@@ -24,7 +24,7 @@ from crossrec.adaptation.data import AdaptData, load_adapt_data
 from crossrec.adaptation.model import ModelConfig
 from crossrec.adaptation.strategies import STRATEGIES, TRANSFER, RunContext, Trained, resolve
 from crossrec.adaptation.trainer import TrainConfig
-from crossrec.evaluation import HEADLINE, ITEM_SEGMENTS, USER_SEGMENTS, compute_metrics, item_segment_of, paired_bootstrap, per_user, segment_metrics, user_segment_of
+from crossrec.evaluation import HEADLINE, ITEM_SEGMENTS, TAIL_SEGMENTS, USER_SEGMENTS, compute_metrics, item_segment_of, paired_bootstrap, per_user, pooled, segment_metrics, user_segment_of
 from crossrec.registry import ModelRegistry
 
 if TYPE_CHECKING:
@@ -355,14 +355,6 @@ def check_targets(results: dict, best: str | None) -> dict:
     return out
 
 
-def _pooled(seg: dict, labels: list[str], metric: str = "NDCG@10") -> tuple[float, int]:
-    """Mean of ``metric`` over the union of segments (weighted by their user counts)."""
-    n = sum(seg[lab]["n_users"] for lab in labels)
-    if n == 0:
-        return float("nan"), 0
-    return sum(seg[lab][metric] * seg[lab]["n_users"] for lab in labels if seg[lab]["n_users"]) / n, n
-
-
 def _times_sasrec(value: float, sasrec: float, target: float = 3.0) -> dict:
     """Ratio to SASRec on the tail items and whether it reaches ``target`` (any score beats a SASRec of 0)."""
     return {"ratio": value / sasrec if sasrec > 0 else float("inf"), "target": target,
@@ -375,12 +367,11 @@ def check_language(results: dict) -> dict:
     chosen = results.get("strategy_choice", {}).get("chosen")
     out: dict = {}
     if chosen in seg and "sasrec" in seg:
-        tail = [ITEM_SEGMENTS[0], ITEM_SEGMENTS[1]]
-        t, n = _pooled(seg[chosen]["item"], tail)
-        sr, _ = _pooled(seg["sasrec"]["item"], tail)
+        t, n = pooled(seg[chosen]["item"], TAIL_SEGMENTS)
+        sr, _ = pooled(seg["sasrec"]["item"], TAIL_SEGMENTS)
         out["tail_items_text_vs_sasrec"] = {"text_model": chosen, "text": t, "sasrec": sr, "n_test_events": n} | _times_sasrec(t, sr)
         if "routed" in seg:
-            r, _ = _pooled(seg["routed"]["item"], tail)
+            r, _ = pooled(seg["routed"]["item"], TAIL_SEGMENTS)
             out["tail_items_routed_vs_sasrec"] = {"routed": r, "sasrec": sr, "n_test_events": n} | _times_sasrec(r, sr)
     if "sasrec" in test:
         s_ = test["sasrec"]["NDCG@10"]["mean"]

@@ -27,9 +27,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from crossrec.evaluation import paired_bootstrap
+from crossrec.evaluation import TAIL_MAX_COUNT, paired_bootstrap
 
-TAIL_MAX_COUNT = 5  # an item with fewer training interactions is a tail item (the evaluation's item segments)
 WINDOW = 10  # the slots are the last places of the first WINDOW (the cutoff the choice is made at)
 SLOT_GRID = (1, 2)
 
