@@ -41,7 +41,7 @@ from crossrec.adaptation.baselines import ItemKNN
 from crossrec.adaptation.data import SOURCE, TARGET, AdaptData, EvalSet
 from crossrec.adaptation.inference import History, Recommender
 from crossrec.adaptation.scorers import ROUTABLE, TextNeighbours, TrainingFreeScorers, blend, fit_blend, ndcg_objective, normalise_rows, normalise_rows_, rank_scores
-from crossrec.adaptation.tail_slots import SLOT_GRID, WINDOW, choose_tail_slots, merge, ranks_with_slots, slot_items_for, slot_pool, tail_items
+from crossrec.adaptation.tail_slots import SLOT_GRID, WINDOW, choose_tail_slots, merge, pick_slots, ranks_with_slots, slot_items_for, slot_pool, tail_items
 from crossrec.evaluation import paired_bootstrap, per_user
 from crossrec.keys import RoutedItems
 
@@ -555,15 +555,17 @@ class RoutedRecommender(Recommender):
         (``publish.make_rec_list``) keeps the slots where they are."""
         out_idx, out_val, tailed = [], [], []
         for r, order in enumerate(top_idx):
-            merged = np.asarray(merge(order.tolist(), pools[r].tolist(), slots, k), np.int64)
+            route_order = order.tolist()
+            picked = pick_slots(route_order, pools[r].tolist(), slots)
+            merged = np.asarray(merge(route_order, picked, slots, k), np.int64)
             val = scores[r, merged].astype(np.float32) if merged.size else np.zeros(0, np.float32)
             head = min(WINDOW - slots, order.size)
-            filled = len([c for c in pools[r].tolist() if c not in set(order[:head].tolist())][:slots])
             if head > 0 and merged.size > head:
-                val[head : head + filled] = val[head - 1]
+                val[head : head + len(picked)] = val[head - 1]
             out_idx.append(merged)
             out_val.append(val)
-            tailed.append(bool(set(merged[:WINDOW].tolist()) - set(order[:WINDOW].tolist())))
+            # the slots change the top WINDOW only by what they bring from below it
+            tailed.append(bool(set(picked) - set(route_order[:WINDOW])))
         return out_idx, out_val, tailed
 
     def score_history(self, history: History, k: int, exclude: Iterable[str] | None = None) -> list[tuple[str, float]]:

@@ -38,14 +38,22 @@ def tail_items(train_counts: np.ndarray) -> np.ndarray:
     return np.asarray(train_counts) < TAIL_MAX_COUNT
 
 
+def pick_slots(route_order: Sequence[int], slot_items: Sequence[int], s: int) -> list[int]:
+    """What ``s`` slots hold: the first ``s`` of ``slot_items`` (best first) that are not among
+    the route's first ``WINDOW - s`` items."""
+    if s <= 0:
+        return []
+    head = set(route_order[: max(0, WINDOW - s)])
+    return [c for c in slot_items if c not in head][:s]
+
+
 def merge(route_order: Sequence[int], slot_items: Sequence[int], s: int, k: int) -> list[int]:
     """The first ``k`` of the ranking with ``s`` tail slots: the route's first ``WINDOW - s``
-    items, then up to ``s`` of ``slot_items`` (best first; those already placed are skipped), then
-    the route's order without what the slots took. ``route_order`` must hold at least ``k + s``
-    items when the route has them, so the list is still ``k`` long after the slots' removals."""
+    items, then the slots (``pick_slots``), then the route's order without what the slots took.
+    ``route_order`` must hold at least ``k + s`` items when the route has them, so the list is
+    still ``k`` long after the slots' removals."""
     head = list(route_order[: max(0, WINDOW - s)])
-    placed = set(head)
-    slots = [c for c in slot_items if c not in placed][:s] if s > 0 else []
+    slots = pick_slots(route_order, slot_items, s)
     taken = set(slots)
     rest = [x for x in route_order[len(head) :] if x not in taken]
     return (head + slots + rest)[:k]
@@ -73,8 +81,7 @@ def slot_items_for(pool: np.ndarray, route_head: np.ndarray, s: int) -> np.ndarr
     items not among the route's first ``WINDOW - s`` (``route_head``, -1 padded)."""
     out = np.full((pool.shape[0], s), -1, np.int64)
     for u in range(pool.shape[0]):
-        head = set(route_head[u, : WINDOW - s].tolist())
-        picked = [c for c in pool[u] if c >= 0 and c not in head][:s]
+        picked = pick_slots(route_head[u].tolist(), [c for c in pool[u].tolist() if c >= 0], s)
         out[u, : len(picked)] = picked
     return out
 
